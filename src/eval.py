@@ -1,0 +1,16 @@
+"""python src/eval.py --help: see conf/eval.yaml and the README."""
+
+import hydra
+from omegaconf import DictConfig
+
+import seglab  # noqa: F401  (registers the config resolvers)
+from seglab.eval import evaluate
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""Whole-image, sliding-window and overlap-tile inference for semantic segmentation nets.
+
+Every function takes an image batch ``(N, C, H, W)`` (float) and returns logits ``(N, K, H, W)``
+at the input's size, runs without gradients and leaves the model's train/eval mode alone (call
+``model.eval()`` first). A model may return plain logits or a mapping with the logits under
+``"out"`` (torchvision's segmentation models do). Written by hand because neither torch nor
+Lightning tiles inference, and the overlap-tile stitching depends on the U-Net's pooling grid.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["mirror_pad", "overlap_tile", "predict_logits", "sliding_window", "whole"]
+
+
+def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+        raise ValueError(f"{name}={value!r}: expected a positive int or a pair of them")
+    return pair  # type: ignore[return-value]
+
+
+def _check_image(image: torch.Tensor, caller: str) -> None:
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or not image.is_floating_point():
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        dtype = image.dtype if isinstance(image, torch.Tensor) else None
+        raise ValueError(
+            f"{caller}: expected a float image batch (N, C, H, W), got {shape} {dtype}"
+        )
+    if image.shape[0] == 0:
+        raise ValueError(f"{caller}: the image batch is empty")
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    if isinstance(out, Mapping):
+        out = out["out"]
+    return out
+
+
+def _mirror_index(size: int, before: int, after: int, device: torch.device) -> torch.Tensor:
+    """Indices of ``size`` samples extended by mirroring about the end samples (numpy's
+    "reflect"), repeated as often as needed, so any padding works for any size."""
+    index = torch.arange(-before, size + after, device=device)
+    if size == 1:
+        return torch.zeros_like(index)
+    period = 2 * (size - 1)
+    index = index.remainder(period)
+    return torch.where(index >= size, period - index, index)
+
+
+def mirror_pad(image: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """Mirror-pad the last two dimensions (numpy's "reflect" mode, reflecting again where a pad
+    is wider than the image)."""
+    rows = _mirror_index(image.shape[-2], top, bottom, image.device)
+    cols = _mirror_index(image.shape[-1], left, right, image.device)
+    return image[..., rows[:, None], cols]
+
+
+def _starts(size: int, window: int, step: int) -> list[int]:
+    """Window offsets from 0 every ``step``, the last one flush with the end."""
+    if size <= window:
+        return [0]
+    starts = list(range(0, size - window, step))
+    return [*starts, size - window]
+
+
+def _batches(items: list, batch_size: int) -> Iterator[list]:
+    for i in range(0, len(items), batch_size):
+        yield items[i : i + batch_size]
+
+
+@torch.no_grad()
+def whole(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """One forward pass over the whole image; the output must be at the input's size."""
+    _check_image(image, "whole")
+    logits = _logits(model, image)
+    if logits.shape[-2:] != image.shape[-2:]:
+        raise ValueError(
+            f"whole: the model maps {tuple(image.shape[-2:])} to {tuple(logits.shape[-2:])}; "
+            "use inference mode 'overlap_tile' for nets with unpadded convolutions"
+        )
+    return logits
+
+
+@torch.no_grad()
+def sliding_window(
+    model: nn.Module,
+    image: torch.Tensor,
+    *,
+    crop_size: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    num_classes: int,
+    batch_size: int = 1,
+) -> torch.Tensor:
+    """Average the logits of ``crop_size`` windows taken every ``stride`` pixels (the last window
+    in each direction flush with the image end), running ``batch_size`` windows per forward pass.
+
+    Images smaller than a crop are mirror-padded at the bottom and right to the crop size and the
+    logits cropped back. The model must keep the crop's size (padded convolutions).
+    """
+    _check_image(image, "sliding_window")
+    crop_h, crop_w = _pair(crop_size, "crop_size")
+    step_h, step_w = _pair(stride, "stride")
+    if step_h > crop_h or step_w > crop_w:
+        raise ValueError(
+            f"sliding_window: stride={stride!r} is larger than crop_size={crop_size!r}, "
+            "pixels would be skipped"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: expected at least 1")
+    n, _, height, width = image.shape
+    padded = mirror_pad(image, 0, max(crop_h - height, 0), 0, max(crop_w - width, 0))
+    full_h, full_w = padded.shape[-2:]
+
+    windows = [
+        (i, top, left)
+        for i in range(n)
+        for top in _starts(full_h, crop_h, step_h)
+        for left in _starts(full_w, crop_w, step_w)
+    ]
+    logits = image.new_zeros(n, num_classes, full_h, full_w)
+    counts = image.new_zeros(1, 1, full_h, full_w)
+    for batch in _batches(windows, batch_size):
+        tiles = torch.stack([padded[i, :, y : y + crop_h, x : x + crop_w] for i, y, x in batch])
+        out = _logits(model, tiles)
+        if out.shape[1:] != (num_classes, crop_h, crop_w):
+            raise ValueError(
+                f"sliding_window: the model maps a {crop_h}x{crop_w} crop to {tuple(out.shape[1:])}, "
+                f"expected ({num_classes}, {crop_h}, {crop_w}); check num_classes, or use "
+                "'overlap_tile' for nets with unpadded convolutions"
+            )
+        for (i, y, x), tile_logits in zip(batch, out):
+            logits[i, :, y : y + crop_h, x : x + crop_w] += tile_logits
+    for top in _starts(full_h, crop_h, step_h):
+        for left in _starts(full_w, crop_w, step_w):
+            counts[..., top : top + crop_h, left : left + crop_w] += 1
+    return (logits / counts)[..., :height, :width]
+
+
+def _output_size(
+    model: nn.Module, tile_h: int, tile_w: int, image: torch.Tensor
+) -> tuple[int, int]:
+    if hasattr(model, "output_size"):
+        return model.output_size(tile_h), model.output_size(tile_w)
+    probe = image.new_zeros(1, image.shape[1], tile_h, tile_w)
+    return tuple(_logits(model, probe).shape[-2:])  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def overlap_tile(
+    model: nn.Module,
+    image: torch.Tensor,
+    *,
+    tile_size: int | tuple[int, int],
+    step: int | tuple[int, int] | None = None,
+    batch_size: int = 1,
+) -> torch.Tensor:
+    """Overlap-tile strategy of U-Net (Ronneberger et al., MICCAI 2015, figure 2) for nets whose
+    output is smaller than their input (unpadded convolutions).
+
+    ``tile_size`` is the input tile (572 for the paper's net); its output tile (388) is centred in
+    it, with a context margin ``c`` on each side ((572 - 388) / 2 = 92). The image is mirror-padded
+    by ``c`` on the top and left and as much as needed on the bottom and right, input tiles are
+    taken every ``step`` pixels, and their output tiles are stitched (later tiles overwrite the
+    overlap, which holds identical values) and cropped to exactly ``(H, W)``. ``step`` defaults to
+    the largest multiple of the net's pooling factor ``2 ** model.depth`` that fits in the output
+    tile (384 for the paper's net), so every tile sees the pooling grid of one untiled pass over
+    the padded image and the result equals that pass up to float rounding; a model without a
+    ``depth`` attribute needs an explicit ``step``.
+    """
+    _check_image(image, "overlap_tile")
+    tile_h, tile_w = _pair(tile_size, "tile_size")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: expected at least 1")
+    out_h, out_w = _output_size(model, tile_h, tile_w, image)
+    if (tile_h - out_h) % 2 or (tile_w - out_w) % 2:
+        raise ValueError(
+            f"overlap_tile: tile_size={tile_size!r} gives output {out_h}x{out_w}, which is not "
+            "centred in the tile"
+        )
+    if step is None:
+        if not hasattr(model, "depth"):
+            raise ValueError(
+                "overlap_tile: step=None needs a model with a 'depth' attribute (pooling factor "
+                "2**depth); pass step, a multiple of the net's total pooling factor"
+            )
+        factor = 2 ** int(model.depth)
+        step_h, step_w = out_h // factor * factor, out_w // factor * factor
+        if not step_h or not step_w:
+            raise ValueError(
+                f"overlap_tile: tile_size={tile_size!r} gives output {out_h}x{out_w}, smaller than "
+                f"the pooling factor {factor}; use a larger tile"
+            )
+    else:
+        step_h, step_w = _pair(step, "step")
+        if step_h > out_h or step_w > out_w:
+            raise ValueError(
+                f"overlap_tile: step={step!r} is larger than the output tile {out_h}x{out_w}"
+            )
+        factor = 2 ** int(getattr(model, "depth", 0))
+        if step_h % factor or step_w % factor:
+            raise ValueError(
+                f"overlap_tile: step={step!r} is not a multiple of the net's pooling factor "
+                f"{factor}; tiles would see different pooling grids"
+            )
+
+    n, _, height, width = image.shape
+    margin_h, margin_w = (tile_h - out_h) // 2, (tile_w - out_w) // 2
+    rows = max(math.ceil((height - out_h) / step_h), 0) + 1
+    cols = max(math.ceil((width - out_w) / step_w), 0) + 1
+    padded_h = (rows - 1) * step_h + tile_h
+    padded_w = (cols - 1) * step_w + tile_w
+    padded = mirror_pad(
+        image, margin_h, padded_h - height - margin_h, margin_w, padded_w - width - margin_w
+    )
+
+    tiles = [
+        (i, r * step_h, c * step_w) for i in range(n) for r in range(rows) for c in range(cols)
+    ]
+    logits: torch.Tensor | None = None
+    for batch in _batches(tiles, batch_size):
+        inputs = torch.stack([padded[i, :, y : y + tile_h, x : x + tile_w] for i, y, x in batch])
+        out = _logits(model, inputs)
+        if out.shape[-2:] != (out_h, out_w):
+            raise ValueError(
+                f"overlap_tile: the model maps a {tile_h}x{tile_w} tile to "
+                f"{tuple(out.shape[-2:])}, expected {out_h}x{out_w}"
+            )
+        if logits is None:
+            logits = out.new_empty(
+                n, out.shape[1], padded_h - 2 * margin_h, padded_w - 2 * margin_w
+            )
+        for (i, y, x), tile_logits in zip(batch, out):
+            logits[i, :, y : y + out_h, x : x + out_w] = tile_logits
+    return logits[..., :height, :width]
+
+
+_MODES: dict[str, Callable[..., torch.Tensor]] = {
+    "whole": whole,
+    "slide": sliding_window,
+    "overlap_tile": overlap_tile,
+}
+
+
+def predict_logits(
+    model: nn.Module, image: torch.Tensor, mode: str = "whole", **options: object
+) -> torch.Tensor:
+    """Logits ``(N, K, H, W)`` for ``image`` ``(N, C, H, W)`` by ``mode``: ``"whole"`` (one pass),
+    ``"slide"`` (``sliding_window``: ``crop_size``, ``stride``, ``num_classes``, ``batch_size``) or
+    ``"overlap_tile"`` (``overlap_tile``: ``tile_size``, ``step``, ``batch_size``)."""
+    if mode not in _MODES:
+        raise ValueError(f"inference mode={mode!r}: expected one of {sorted(_MODES)}")
+    function = _MODES[mode]
+    parameters = {
+        name: p
+        for name, p in inspect.signature(function).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        raise ValueError(
+            f"inference mode={mode!r} does not take option(s) {unknown}; "
+            f"it takes {sorted(parameters) or 'none'}"
+        )
+    missing = sorted(
+        name for name, p in parameters.items() if p.default is p.empty and name not in options
+    )
+    if missing:
+        raise ValueError(f"inference mode={mode!r} needs option(s) {missing}")
+    return function(model, image, **options)

@@ -1,0 +1,36 @@
+"""Pixel accuracy, per-class IoU and mIoU from one torchmetrics confusion matrix."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+__all__ = ["SemanticMetrics"]
+
+
+class SemanticMetrics(MulticlassConfusionMatrix):
+    """torchmetrics' confusion matrix whose ``compute`` returns the semantic metrics.
+
+    One (K, K) sum state, so DDP sync and accumulation over batches are exact. ``compute``
+    returns ``pixel_acc`` (labelled pixels predicted correctly), ``iou`` (K,) with NaN for
+    classes absent from both prediction and target, and ``miou`` (mean over the non-NaN
+    classes, as mmsegmentation does). ``update(preds, target)`` takes class indices (N, H, W)
+    or logits (N, K, H, W).
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
+        super().__init__(num_classes=num_classes, ignore_index=ignore_index, validate_args=False)
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:  # type: ignore[override]
+        if preds.dim() == target.dim() + 1:
+            preds = preds.argmax(dim=1)
+        super().update(preds, target)
+
+    def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        cm = self.confmat.double()
+        tp = cm.diagonal()
+        union = cm.sum(0) + cm.sum(1) - tp
+        iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+        total = cm.sum()
+        pixel_acc = tp.sum() / total if total > 0 else torch.tensor(float("nan"), dtype=cm.dtype)
+        return {"pixel_acc": pixel_acc.float(), "miou": iou.nanmean().float(), "iou": iou.float()}

@@ -1,0 +1,139 @@
+"""U-Net (Ronneberger, Fischer, Brox; MICCAI 2015, arXiv:1505.04597)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["UNet", "UNetConvBlock", "center_crop"]
+
+
+def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Crop the last two dimensions of ``x`` to ``(height, width)`` around the centre."""
+    h, w = x.shape[-2:]
+    top, left = (h - height) // 2, (w - width) // 2
+    return x[..., top : top + height, left : left + width]
+
+
+class UNetConvBlock(nn.Sequential):
+    """Two 3x3 convolutions, each followed by (optional batch norm and) ReLU."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, *, padding: int, batch_norm: bool
+    ) -> None:
+        layers: list[nn.Module] = []
+        for c_in in (in_channels, out_channels):
+            layers.append(nn.Conv2d(c_in, out_channels, 3, padding=padding, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class UNet(nn.Module):
+    """U-Net: a contracting path of ``depth`` poolings and a symmetric expanding path.
+
+    With the defaults this is exactly the paper's network: unpadded 3x3 convolutions, 2x2 max
+    pooling, 2x2 up-convolutions halving the channels, crop-and-concatenate skips and a final 1x1
+    convolution; 1x572x572 maps to 2x388x388 with 31,030,658 parameters. Each option below departs
+    from the paper only when set:
+
+    - ``padding=True``: padded convolutions, output size = input size (needs H and W to be
+      multiples of ``2**depth`` internally; other sizes are padded by reflection and cropped back).
+    - ``batch_norm=True``: batch norm after every convolution (the paper has none).
+    - ``dropout``: dropout probability at the end of the contracting path (the paper mentions
+      "drop-out layers at the end of the contracting path" without a rate; 0 keeps it off).
+    - ``skip="sum"``: add the cropped skip to the up-convolved features instead of concatenating
+      them (then the first convolution of each expanding level takes half the channels).
+
+    Shapes: ``forward(x: (N, in_channels, H, W)) -> (N, num_classes, H', W')``, where H' = H with
+    padding and H' = H - 184 for the unpadded depth-4 net (valid sizes: see ``output_size``).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        base_channels: int = 64,
+        depth: int = 4,
+        padding: bool = False,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+        skip: str = "concat",
+    ) -> None:
+        super().__init__()
+        if skip not in ("concat", "sum"):
+            raise ValueError(f"UNet skip={skip!r}: expected 'concat' or 'sum'")
+        if depth < 1:
+            raise ValueError(f"UNet depth={depth}: expected at least 1")
+        self.depth = depth
+        self.padding = padding
+        self.skip = skip
+        pad = 1 if padding else 0
+        widths = [base_channels * 2**i for i in range(depth + 1)]
+
+        self.encoder = nn.ModuleList()
+        c_in = in_channels
+        for w in widths[:-1]:
+            self.encoder.append(UNetConvBlock(c_in, w, padding=pad, batch_norm=batch_norm))
+            c_in = w
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = UNetConvBlock(widths[-2], widths[-1], padding=pad, batch_norm=batch_norm)
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+
+        self.upconvs = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for w_low, w_high in zip(reversed(widths[:-1]), reversed(widths[1:])):
+            self.upconvs.append(nn.ConvTranspose2d(w_high, w_low, kernel_size=2, stride=2))
+            c_cat = 2 * w_low if skip == "concat" else w_low
+            self.decoder.append(UNetConvBlock(c_cat, w_low, padding=pad, batch_norm=batch_norm))
+        self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+
+    def output_size(self, size: int) -> int:
+        """Output side length for an input side length (raises if the size is not valid)."""
+        if self.padding:
+            return size
+        s = size
+        for level in range(self.depth):
+            s -= 4
+            if s <= 0 or s % 2:
+                raise ValueError(
+                    f"unpadded UNet(depth={self.depth}): input size {size} gives an odd or empty "
+                    f"feature map ({s}) before pooling {level + 1}; use a valid size such as 572"
+                )
+            s //= 2
+        s -= 4
+        for _ in range(self.depth):
+            s = s * 2 - 4
+        if s <= 0:
+            raise ValueError(f"unpadded UNet: input size {size} is too small")
+        return s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if self.padding:
+            m = 2**self.depth
+            ph, pw = (-h) % m, (-w) % m
+            if ph or pw:
+                x = nn.functional.pad(
+                    x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate"
+                )
+        else:
+            self.output_size(h)
+            self.output_size(w)
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.dropout(self.bottleneck(x))
+        for up, block, skip in zip(self.upconvs, self.decoder, reversed(skips)):
+            x = up(x)
+            skip = center_crop(skip, *x.shape[-2:])
+            x = torch.cat([skip, x], dim=1) if self.skip == "concat" else x + skip
+            x = block(x)
+        x = self.head(x)
+        if self.padding:
+            x = x[..., :h, :w]
+        return x

@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seglab.data.base import SemanticDataset
+from seglab.losses import pixel_cross_entropy
+from seglab.metrics.semantic import SemanticMetrics
+from seglab.models import UNet
+from seglab.tasks.semantic import SemanticSegmentationTask
+
+
+class ArrayDataset(SemanticDataset):
+    def __init__(self, masks, **kwargs):
+        super().__init__(num_classes=3, ignore_index=255, mean=(0.5,), std=(0.5,), **kwargs)
+        self.masks = masks
+
+    def __len__(self):
+        return len(self.masks)
+
+    def load_sample(self, index):
+        mask = self.masks[index]
+        return {
+            "image": np.zeros((*mask.shape, 1), np.uint8),
+            "mask": mask,
+            "name": f"sample_{index}.png",
+        }
+
+
+def test_bad_mask_value_names_the_sample():
+    masks = [np.zeros((4, 4), np.int64), np.full((4, 4), 7)]
+    dataset = ArrayDataset(masks)
+    assert dataset[0]["mask"].dtype == torch.int64
+    with pytest.raises(ValueError, match=r"sample 'sample_1.png' holds label\(s\) \[7\]"):
+        dataset[1]
+    ok = np.full((4, 4), 255)
+    assert ArrayDataset([ok])[0]["mask"].max() == 255
+
+
+def test_loss_mean_sum_and_ignore():
+    logits = torch.randn(2, 3, 5, 6)
+    target = torch.randint(0, 3, (2, 5, 6))
+    target[0, 0] = 255
+    total, norm = pixel_cross_entropy(logits, target, ignore_index=255)
+    assert torch.allclose(total / norm, F.cross_entropy(logits, target, ignore_index=255))
+    assert torch.allclose(total, F.cross_entropy(logits, target, ignore_index=255, reduction="sum"))
+    w = torch.tensor([1.0, 2.0, 0.5])
+    total, norm = pixel_cross_entropy(logits, target, ignore_index=255, class_weights=w)
+    assert torch.allclose(total / norm, F.cross_entropy(logits, target, weight=w, ignore_index=255))
+    pw = torch.rand(2, 5, 6)
+    total, _ = pixel_cross_entropy(logits, target, ignore_index=255, pixel_weights=pw)
+    per_pixel = F.cross_entropy(logits, target, ignore_index=255, reduction="none")
+    assert torch.allclose(total, (per_pixel * pw).sum())
+
+
+def test_semantic_metrics_by_hand():
+    metric = SemanticMetrics(num_classes=3, ignore_index=255)
+    target = torch.tensor([[0, 0, 1, 1, 255, 2]])
+    preds = torch.tensor([[0, 1, 1, 1, 2, 0]])
+    metric.update(preds, target)
+    out = metric.compute()
+    # Labelled: 5 pixels, 3 right. IoU: class 0 1/3, class 1 2/3, class 2 0/2.
+    assert out["pixel_acc"].item() == pytest.approx(3 / 5)
+    assert out["iou"].tolist() == pytest.approx([1 / 3, 2 / 3, 0.0])
+    assert out["miou"].item() == pytest.approx(1 / 3)
+    absent = SemanticMetrics(num_classes=4, ignore_index=255)
+    absent.update(preds, target)
+    assert torch.isnan(absent.compute()["iou"][3]) and absent.compute()[
+        "miou"
+    ].item() == pytest.approx(1 / 3)
+
+
+def make_task(**loss):
+    net = UNet(in_channels=1, num_classes=3, base_channels=4, depth=2)
+    return SemanticSegmentationTask(net=net, num_classes=3, ignore_index=255, loss=loss)
+
+
+def test_unpadded_net_crops_target_and_weight():
+    task = make_task(weight_map=True)
+    x = torch.randn(1, 1, 60, 60)
+    out_size = task.net.output_size(60)
+    mask = torch.randint(0, 3, (1, 60, 60))
+    weight = torch.rand(1, 60, 60)
+    loss = task.training_step({"image": x, "mask": mask, "weight": weight}, 0)
+    logits = task.net(x)
+    assert logits.shape[-1] == out_size < 60
+    top = (60 - out_size) // 2
+    crop = (slice(None), slice(top, top + out_size), slice(top, top + out_size))
+    expected = (
+        F.cross_entropy(logits, mask[crop], reduction="none") * weight[crop]
+    ).sum() / out_size**2
+    assert torch.allclose(loss, expected, rtol=1e-4)
+
+
+def test_loss_config_errors():
+    with pytest.raises(ValueError, match="model.loss.reduction"):
+        make_task(reduction="median")
+    with pytest.raises(ValueError, match="model.loss has unknown key"):
+        make_task(weights=[1, 2, 3])
+    with pytest.raises(ValueError, match="model.loss.class_weights has 2 entries"):
+        make_task(class_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="weight_map=true but the batch has no 'weight'"):
+        make_task(weight_map=True).training_step(
+            {"image": torch.randn(1, 1, 60, 60), "mask": torch.zeros(1, 60, 60, dtype=torch.long)},
+            0,
+        )
+
+
+def test_aux_loss_is_weighted():
+    class AuxNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 3, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return {"out": y, "aux": 2 * y} if self.training else y
+
+    task = SemanticSegmentationTask(net=AuxNet(), num_classes=3, loss={"aux_weight": 0.4})
+    batch = {"image": torch.randn(2, 1, 8, 8), "mask": torch.randint(0, 3, (2, 8, 8))}
+    loss = task.training_step(batch, 0)
+    y = task.net.conv(batch["image"])
+    expected = F.cross_entropy(y, batch["mask"]) + 0.4 * F.cross_entropy(2 * y, batch["mask"])
+    assert torch.allclose(loss, expected)

@@ -1,0 +1,198 @@
+"""End to end: train, evaluate and predict through the entry functions and the command line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_config
+from PIL import Image
+
+from seglab.eval import evaluate
+from seglab.predict import predict
+from seglab.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))
+
+
+def run_cli(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "src" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_fast_dev_run(compose_cfg, model):
+    overrides = [f"model={model}", "debug=fast_dev_run", "data.batch_size=2"]
+    if model == "unet":
+        overrides.append("data.image_size=188")  # smallest input of the unpadded paper U-Net
+    metrics, _objects = train(compose_cfg(overrides=overrides))
+    assert np.isfinite(metrics["fit"]["train/loss"])
+    assert 0.0 <= metrics["val"]["val/pixel_acc"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short training run shared by the eval and predict tests."""
+    out = tmp_path_factory.mktemp("trained")
+    metrics, objects = train(compose_config("train", ["trainer.max_epochs=2", "test=true"], out))
+    return objects["cfg"], metrics, objects
+
+
+def test_train_writes_run_folder_and_eval_reproduces(trained, compose_cfg, tmp_path):
+    cfg, metrics, objects = trained
+    out = Path(cfg.paths.output_dir)
+    best = Path(metrics["best_checkpoint"])
+    assert best.is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "csv" / "metrics.csv").is_file()
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["val"]["val/miou"] == pytest.approx(metrics["val"]["val/miou"])
+    assert "test/miou" in saved["test"]
+    best_score = objects["trainer"].checkpoint_callback.best_model_score.item()
+    assert metrics["val"]["val/miou"] == pytest.approx(best_score, abs=1e-7)
+
+    eval_metrics, _ = evaluate(compose_cfg("eval", overrides=[f"ckpt_path={best}"]))
+    for key, value in metrics["val"].items():
+        assert eval_metrics["val"][key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+    test_metrics, _ = evaluate(compose_cfg("eval", overrides=[f"ckpt_path={best}", "split=test"]))
+    assert test_metrics["test"]["test/miou"] == pytest.approx(
+        metrics["test"]["test/miou"], abs=1e-6
+    )
+
+
+def test_eval_errors(compose_cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="ckpt_path="):
+        evaluate(compose_cfg("eval", overrides=[f"ckpt_path={tmp_path}/none.ckpt"]))
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        evaluate(compose_cfg("eval", overrides=[f"ckpt_path={bad}"]))
+    with pytest.raises(ValueError, match="split="):
+        evaluate(compose_cfg("eval", overrides=[f"ckpt_path={bad}", "split=dev"]))
+
+
+def test_predict_writes_masks_and_overlays(trained, compose_cfg, tmp_path):
+    _cfg, metrics, _ = trained
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (("a.png", (32, 32)), ("b.jpg", (45, 37))):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(images / name)
+    (images / "notes.txt").write_text("not an image")
+    out = tmp_path / "pred"
+    written, objects = predict(
+        compose_cfg(
+            "predict",
+            overrides=[
+                f"ckpt_path={metrics['best_checkpoint']}",
+                f"input={images}",
+                f"output={out}",
+            ],
+        )
+    )
+    assert sorted(p.name for p in written) == ["a.png", "a_overlay.png", "b.png", "b_overlay.png"]
+    mask = Image.open(out / "b.png")
+    assert mask.mode == "P" and mask.size == (37, 45)
+    assert np.asarray(mask).max() < 6
+    assert mask.getpalette()[:18] == [v for c in objects["datamodule"].palette for v in c]
+    assert Image.open(out / "b_overlay.png").size == (37, 45)
+    assert not list(out.glob(".*.tmp"))
+    # Predictions equal the task's own forward pass.
+    model = objects["model"].eval()
+    single = predict(
+        compose_cfg(
+            "predict",
+            overrides=[
+                f"ckpt_path={metrics['best_checkpoint']}",
+                f"input={images / 'a.png'}",
+                f"output={tmp_path / 'one'}",
+                "overlay=false",
+            ],
+        )
+    )[0]
+    assert [p.name for p in single] == ["a.png"]
+    x = np.asarray(Image.open(images / "a.png"), np.float32)
+    x = (x / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x.transpose(2, 0, 1).copy())[None]).argmax(1)[0].numpy()
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "one" / "a.png")), expected)
+
+
+def test_predict_bad_input(trained, compose_cfg, tmp_path):
+    ckpt = trained[1]["best_checkpoint"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no image"):
+        predict(
+            compose_cfg("predict", overrides=[f"ckpt_path={ckpt}", f"input={empty}", "output=x"])
+        )
+    with pytest.raises(FileNotFoundError, match="input="):
+        predict(
+            compose_cfg("predict", overrides=[f"ckpt_path={ckpt}", "input=/no/such", "output=x"])
+        )
+
+
+def test_cli_help_lists_every_group():
+    result = run_cli("train.py", "--help")
+    assert result.returncode == 0, result.stderr
+    for group in (
+        "model",
+        "data",
+        "trainer",
+        "logger",
+        "callbacks",
+        "debug",
+        "optimizer",
+        "scheduler",
+    ):
+        assert f"{group}:" in result.stdout
+    for option in ("unet_small", "ddp_cpu", "tensorboard", "fast_dev_run"):
+        assert option in result.stdout
+
+
+def test_cli_unknown_model_lists_models():
+    result = run_cli("train.py", "model=nosuch")
+    assert result.returncode != 0
+    assert "Could not find 'model/nosuch'" in result.stderr
+    assert "unet_small" in result.stderr
+
+
+@pytest.mark.slow
+def test_ddp_cpu_one_run_folder_and_exact_eval(tmp_path):
+    logs = tmp_path / "logs"
+    common = [f"paths.log_dir={logs}", "data.image_size=32", "data.batch_size=4"]
+    result = run_cli(
+        "train.py",
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "data.num_samples={train: 16, val: 7, test: 5}",
+        *common,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((logs / "train" / "runs").iterdir())
+    assert len(runs) == 1, runs
+    ckpt = runs[0] / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file() and (runs[0] / "metrics.json").is_file()
+
+    scores = {}
+    for trainer in ("cpu", "ddp_cpu"):
+        result = run_cli(
+            "eval.py", f"ckpt_path={ckpt}", f"trainer={trainer}", f"paths.log_dir={logs}/{trainer}"
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        (run,) = (logs / trainer / "eval" / "runs").iterdir()
+        scores[trainer] = json.loads((run / "metrics.json").read_text())["val"]
+    assert scores["cpu"].keys() == scores["ddp_cpu"].keys()
+    for key, value in scores["cpu"].items():
+        assert scores["ddp_cpu"][key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
