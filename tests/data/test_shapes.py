@@ -68,3 +68,23 @@ def test_median_frequency_weights():
     assert np.allclose(weights, np.median(freq) / freq, rtol=1e-5)
     # Rare (small thing) classes weigh more than common stuff.
     assert weights[3:].min() > weights[:3].max()
+
+
+def test_instance_view_matches_the_scene():
+    dm = ShapesDataModule(
+        task="instance", num_classes=4, num_samples={"train": 4, "val": 3}, image_size=40
+    )
+    dm.setup("fit")
+    images, targets = next(iter(dm.val_dataloader()))
+    assert isinstance(images, list) and len(images) == len(targets) == 3
+    for i, (image, target) in enumerate(zip(images, targets)):
+        scene = ShapesGenerator(image_size=40, thing_size=(0.12, 0.28))(
+            dm.dataset("val").base_seed + i
+        )
+        assert image.shape == (3, 40, 40) and 0 <= image.min() and image.max() <= 1
+        assert np.array_equal(target["masks"].numpy().astype(bool), scene.instance_masks)
+        assert np.array_equal(target["labels"].numpy(), scene.thing_labels + 1)
+        assert np.allclose(target["boxes"].numpy(), scene.boxes)
+        assert (target["labels"] >= 1).all()
+    with pytest.raises(ValueError, match="data.num_classes=6"):
+        ShapesDataModule(task="instance", num_classes=6)

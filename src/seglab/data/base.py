@@ -20,10 +20,12 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 __all__ = [
+    "InstanceDataset",
     "SegmentationDataModule",
     "SemanticDataset",
     "UnpaddedDistributedSampler",
     "default_palette",
+    "list_collate",
     "median_frequency_weights",
 ]
 
@@ -132,6 +134,86 @@ class SemanticDataset(Dataset):
         if weight is not None:
             item["weight"] = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
         return item
+
+
+def list_collate(batch: list[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
+    """Instance / panoptic batches as torchvision detection expects: (list[image], list[target])."""
+    images, targets = zip(*batch) if batch else ((), ())
+    return list(images), list(targets)
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """(n, H, W) binary masks -> (n, 4) float32 xyxy boxes on pixel edges (x1 = last column + 1)."""
+    boxes = np.zeros((len(masks), 4), np.float32)
+    for k, mask in enumerate(masks):
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        if rows.size:
+            boxes[k] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return boxes
+
+
+class InstanceDataset(Dataset):
+    """Base of every instance view: subclasses implement ``__len__`` and ``load_instances``.
+
+    ``load_instances(i)`` returns ``{"image": uint8 (H, W, C), "masks": (n, H, W) binary,
+    "labels": (n,) int, contiguous 1..K-1 (0 = background), "name": str}`` and optionally
+    ``"iscrowd"`` (n,). This class applies the albumentations pipeline to the image and every mask,
+    derives the boxes from the transformed masks (so boxes always fit their masks), drops objects
+    left empty, and returns ``(image, target)`` in torchvision's detection format::
+
+        image  float32 (C, H, W) in [0, 1] (the detector normalises)
+        target {"boxes": float32 (n, 4) xyxy, "labels": int64 (n,), "masks": uint8 (n, H, W),
+                "iscrowd": int64 (n,), "area": float32 (n,), "image_id": int, "name": str}
+    """
+
+    def __init__(
+        self, *, num_classes: int, transform: Callable[..., dict[str, Any]] | None = None
+    ) -> None:
+        self.num_classes = num_classes
+        self.transform = transform
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def load_instances(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        sample = self.load_instances(index)
+        image, name = sample["image"], sample["name"]
+        if image.ndim == 2:
+            image = image[..., None]
+        masks = np.asarray(sample["masks"], np.uint8).reshape(-1, *image.shape[:2])
+        labels = np.asarray(sample["labels"], np.int64).reshape(-1)
+        iscrowd = np.asarray(sample.get("iscrowd", np.zeros(len(labels))), np.int64).reshape(-1)
+        if len(labels) != len(masks) or len(iscrowd) != len(masks):
+            raise ValueError(
+                f"sample '{name}': {len(masks)} masks but {len(labels)} labels, {len(iscrowd)} iscrowd"
+            )
+        bad = (labels < 1) | (labels >= self.num_classes)
+        if bad.any():
+            raise ValueError(
+                f"data.num_classes={self.num_classes} but sample '{name}' has instance label(s) "
+                f"{sorted(set(labels[bad].tolist()))}; expected 1..{self.num_classes - 1} (0 = background)"
+            )
+        if self.transform is not None:
+            out = self.transform(image=image, masks=list(masks))
+            image = out["image"]
+            masks = np.asarray(out["masks"], np.uint8).reshape(-1, *image.shape[:2])
+        area = masks.reshape(len(masks), -1).sum(1).astype(np.float32)
+        keep = area > 0
+        masks, labels, iscrowd, area = masks[keep], labels[keep], iscrowd[keep], area[keep]
+        target = {
+            "boxes": torch.from_numpy(masks_to_boxes(masks)),
+            "labels": torch.from_numpy(labels),
+            "masks": torch.from_numpy(np.ascontiguousarray(masks)),
+            "iscrowd": torch.from_numpy(iscrowd),
+            "area": torch.from_numpy(area),
+            "image_id": int(sample.get("image_id", index)),
+            "name": name,
+        }
+        pixels = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return pixels.float().div_(255.0), target
 
 
 class UnpaddedDistributedSampler(DistributedSampler):

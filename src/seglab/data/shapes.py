@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from seglab.data.base import SegmentationDataModule, SemanticDataset
+from torch.utils.data import Dataset
+
+from seglab.data.base import InstanceDataset, SegmentationDataModule, SemanticDataset, list_collate
 
 __all__ = [
     "STUFF_TEXTURES",
@@ -25,6 +27,7 @@ __all__ = [
     "Scene",
     "ShapesDataModule",
     "ShapesGenerator",
+    "ShapesInstanceDataset",
     "ShapesSemanticDataset",
 ]
 
@@ -249,8 +252,38 @@ class ShapesSemanticDataset(SemanticDataset):
         }
 
 
+class ShapesInstanceDataset(InstanceDataset):
+    """Instance view: one target per visible thing, labels 1..T (0 = background)."""
+
+    def __init__(
+        self, generator: ShapesGenerator, *, num_samples: int, seed: int, split: str, **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        self.generator = generator
+        self.num_samples = num_samples
+        self.split = split
+        self.base_seed = seed + _SPLIT_OFFSET[split]
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def load_instances(self, index: int) -> dict:
+        scene = self.generator(self.base_seed + index)
+        return {
+            "image": scene.image,
+            "masks": scene.instance_masks,
+            "labels": scene.thing_labels + 1,
+            "image_id": index,
+            "name": f"shapes/{self.split}/{index:06d}",
+        }
+
+
 class ShapesDataModule(SegmentationDataModule):
-    """``data=shapes``: generated scenes, no download. ``num_samples`` maps split -> size."""
+    """``data=shapes``: generated scenes, no download. ``num_samples`` maps split -> size.
+
+    ``task=semantic`` gives ``ShapesSemanticDataset`` samples, ``task=instance`` gives
+    ``ShapesInstanceDataset`` samples in lists (torchvision detection format).
+    """
 
     def __init__(
         self,
@@ -280,18 +313,23 @@ class ShapesDataModule(SegmentationDataModule):
         )
         self.num_samples = {"train": 512, "val": 64, "test": 64, **(num_samples or {})}
         self.seed = seed
-        expected = len(self.generator.class_names)
-        if self.task == "semantic" and self.num_classes != expected:
+        if self.task == "panoptic":
+            raise ValueError("data=shapes: the panoptic view has no task yet (semantic, instance)")
+        names = self.generator.class_names
+        if self.task == "instance":
+            names = ("background", *self.generator.thing_classes)
+            self.collate_fn = list_collate
+        if self.num_classes != len(names):
             raise ValueError(
-                f"data.num_classes={self.num_classes} but data=shapes has {expected} semantic "
-                f"classes {list(self.generator.class_names)}"
+                f"data.num_classes={self.num_classes} but data=shapes has {len(names)} "
+                f"{self.task} classes {list(names)}"
             )
 
-    def build_dataset(self, split: str) -> SemanticDataset:
-        return ShapesSemanticDataset(
-            self.generator,
-            num_samples=self.num_samples[split],
-            seed=self.seed,
-            split=split,
-            **self.dataset_kwargs(split),
-        )
+    def build_dataset(self, split: str) -> Dataset:
+        common = {"num_samples": self.num_samples[split], "seed": self.seed, "split": split}
+        if self.task == "instance":
+            transform = self.train_transforms if split == "train" else self.eval_transforms
+            return ShapesInstanceDataset(
+                self.generator, num_classes=self.num_classes, transform=transform, **common
+            )
+        return ShapesSemanticDataset(self.generator, **common, **self.dataset_kwargs(split))

@@ -178,9 +178,17 @@ class SemanticSegmentationTask(L.LightningModule):
         return loss
 
     def infer(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (N, K, H', W') of the net in eval mode, by ``self.inference``."""
+        """Logits (N, K, H', W') of the net in eval mode, by ``self.inference``.
+
+        ``whole`` is one plain pass, so an unpadded net's smaller output is scored against the
+        centre of the mask, as in training; ``slide`` and ``overlap_tile`` give the input size.
+        """
         options = dict(self.inference)
-        return predict_logits(self.net, images, mode=options.pop("mode"), **options)
+        mode = options.pop("mode")
+        if mode == "whole" and not options:
+            out = self.net(images)
+            return out["out"] if isinstance(out, dict) else out
+        return predict_logits(self.net, images, mode=mode, **options)
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
         logits = self.infer(batch["image"])

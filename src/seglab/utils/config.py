@@ -27,12 +27,30 @@ def _no_env(name: str) -> bool:
     return not os.environ.get(name)
 
 
+def _concat(*lists: list) -> list:
+    return [item for items in lists for item in items]
+
+
+def _by_task(task: str, semantic: object, instance: object, panoptic: object) -> object:
+    """Pick the value of a data config key that differs between task views."""
+    choices = {"semantic": semantic, "instance": instance, "panoptic": panoptic}
+    if task not in choices:
+        raise ValueError(f"task={task!r}: expected one of {list(choices)}")
+    return choices[task]
+
+
 def register_resolvers() -> None:
-    """Register ``${seglab_root:}``, ``${no_env:NAME}`` and ``${len:LIST}`` once per process."""
+    """Register the resolvers the configs use, once per process.
+
+    ``${seglab_root:}`` project root, ``${no_env:NAME}`` true when $NAME is unset or empty,
+    ``${len:LIST}``, ``${concat:LIST,LIST,...}`` and ``${by_task:TASK,SEMANTIC,INSTANCE,PANOPTIC}``.
+    """
     resolvers = {
         "seglab_root": lambda: str(project_root()),
         "no_env": _no_env,
         "len": len,
+        "concat": _concat,
+        "by_task": _by_task,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

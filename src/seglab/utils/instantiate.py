@@ -30,7 +30,8 @@ def build_task(
 ) -> L.LightningModule:
     """Instantiate ``cfg.model`` with the optimizer and scheduler groups and the class names."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg.pop("task", None)
+    for key in ("task", "monitor"):  # read by the data and callbacks configs, not the task
+        model_cfg.pop(key, None)
     extra: dict[str, Any] = {}
     for key in ("optimizer", "scheduler"):
         node = cfg.get(key)
