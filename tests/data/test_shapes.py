@@ -81,7 +81,7 @@ def test_instance_view_matches_the_scene():
         scene = ShapesGenerator(image_size=40, thing_size=(0.12, 0.28))(
             dm.dataset("val").base_seed + i
         )
-        assert image.shape == (3, 40, 40) and 0 <= image.min() and image.max() <= 1
+        assert image.shape == (3, 40, 40) and image.min() >= 0 and image.max() <= 1
         assert np.array_equal(target["masks"].numpy().astype(bool), scene.instance_masks)
         assert np.array_equal(target["labels"].numpy(), scene.thing_labels + 1)
         assert np.allclose(target["boxes"].numpy(), scene.boxes)

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from torch.utils.data import Dataset
 
 from seglab.data.base import InstanceDataset, SegmentationDataModule, SemanticDataset, list_collate
