@@ -95,3 +95,25 @@ def test_paths_point_at_data_root(compose_cfg, monkeypatch):
     monkeypatch.setenv("SEGLAB_DATA_DIR", "/some/where")
     cfg = compose_cfg()
     assert OmegaConf.select(cfg, "paths.data_dir") == "/some/where"
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiment_options_instantiate(compose_cfg, experiment):
+    cfg = compose_cfg(overrides=[f"experiment={experiment}", "trainer.accelerator=cpu"], quick=False)
+    dm = build_datamodule(cfg.data)
+    task = build_task(cfg, dm)
+    assert task.num_classes == dm.num_classes
+    trainer = hydra.utils.instantiate(cfg.trainer)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+def test_unet_isbi_is_the_papers_setting(compose_cfg):
+    cfg = compose_cfg(overrides=["experiment=unet_isbi", "trainer.accelerator=cpu"], quick=False)
+    net = cfg.model.net
+    assert (net.base_channels, net.depth, net.padding, net.batch_norm) == (64, 4, False, False)
+    assert cfg.data.crop_size == 572 and cfg.data.batch_size == 1
+    assert cfg.optimizer.momentum == 0.99 and cfg.model.loss.weight_map and cfg.data.weight_map
+    assert cfg.data.w0 == 10 and cfg.data.sigma == 5
+    assert cfg.model.inference.mode == "overlap_tile"
+    names = [t._target_.rsplit(".", 1)[-1] for t in cfg.data.train_transforms.transforms]
+    assert "ElasticDeformation" in names
