@@ -1,1 +1,27 @@
-"""Segmentation metrics (torchmetrics) and evaluators."""
+"""Segmentation metrics (torchmetrics) and evaluators.
+
+Names resolve on first use, so ``import seglab.metrics`` stays cheap and
+``python -m seglab.metrics.panoptic_quality`` runs without importing the module twice.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from seglab.metrics.panoptic_quality import PanopticQuality, pq_compute
+
+__all__ = ["PanopticQuality", "pq_compute"]
+
+_SOURCES = {"PanopticQuality": "panoptic_quality", "pq_compute": "panoptic_quality"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SOURCES:
+        return getattr(importlib.import_module(f"{__name__}.{_SOURCES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
