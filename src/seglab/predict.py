@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from rich.progress import track
 
@@ -69,12 +69,20 @@ def predict(cfg: DictConfig) -> tuple[list[Path], dict[str, Any]]:
     colours) and, with ``overlay=true``, ``name_overlay.png``. Each file is written to a temporary
     name and renamed, so an interrupted run leaves no half-written file.
 
+    Instance checkpoints write COCO results instead: ``input`` names a split of the dataset and
+    ``seglab.export.predict_instances`` writes its detections (RLE masks, the dataset's category
+    ids) to ``output``.
+
     Returns the written paths and the objects built.
     """
     from seglab.inference import predict_logits
 
-    images = find_images(cfg.input)
     run_cfg, checkpoint = config_from_checkpoint(cfg)
+    if OmegaConf.select(run_cfg, "model.task") == "instance":
+        from seglab.export import predict_instances
+
+        return predict_instances(cfg, run_cfg, checkpoint)
+    images = find_images(cfg.input)
     datamodule = build_datamodule(run_cfg.data)
     model = build_task(run_cfg, datamodule)
     model.load_state_dict(checkpoint["state_dict"])

@@ -200,7 +200,7 @@ class InstanceDataset(Dataset):
             out = self.transform(image=image, masks=list(masks))
             image = out["image"]
             masks = np.asarray(out["masks"], np.uint8).reshape(-1, *image.shape[:2])
-        area = masks.reshape(len(masks), -1).sum(1).astype(np.float32)
+        area = masks.sum(axis=(1, 2), dtype=np.int64).astype(np.float32)  # (0, H, W) too
         keep = area > 0
         masks, labels, iscrowd, area = masks[keep], labels[keep], iscrowd[keep], area[keep]
         target = {

@@ -11,10 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from seglab.metrics.panoptic_quality import PanopticQuality, pq_compute
+    from seglab.metrics.rand_error import RandError
+    from seglab.metrics.semantic import SemanticMetrics
 
-__all__ = ["PanopticQuality", "pq_compute"]
+__all__ = ["PanopticQuality", "RandError", "SemanticMetrics", "pq_compute"]
 
-_SOURCES = {"PanopticQuality": "panoptic_quality", "pq_compute": "panoptic_quality"}
+_SOURCES = {
+    "PanopticQuality": "panoptic_quality",
+    "pq_compute": "panoptic_quality",
+    "RandError": "rand_error",
+    "SemanticMetrics": "semantic",
+}
 
 
 def __getattr__(name: str) -> Any:
