@@ -196,3 +196,13 @@ def test_ddp_cpu_one_run_folder_and_exact_eval(tmp_path):
     assert scores["cpu"].keys() == scores["ddp_cpu"].keys()
     for key, value in scores["cpu"].items():
         assert scores["ddp_cpu"][key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+
+def test_median_frequency_class_weights_reach_the_loss(compose_cfg):
+    cfg = compose_cfg(
+        overrides=["debug=fast_dev_run", "model.loss.class_weights=median_frequency"]
+    )
+    _, objects = train(cfg)
+    expected = objects["datamodule"].median_frequency_weights()
+    assert objects["model"].class_weights.tolist() == pytest.approx(expected)
+    assert len(set(expected)) > 1

@@ -1,5 +1,9 @@
 """Segmentation networks: plain ``nn.Module``s, one file per paper."""
 
+from seglab.models.deeplab import DeepLabV3, DeepLabV3Plus
+from seglab.models.fcn import FCN
+from seglab.models.pspnet import PSPNet
+from seglab.models.segnet import SegNet
 from seglab.models.unet import UNet
 
-__all__ = ["UNet"]
+__all__ = ["FCN", "DeepLabV3", "DeepLabV3Plus", "PSPNet", "SegNet", "UNet"]
