@@ -227,8 +227,8 @@ class ShapesGenerator:
         return image, semantic
 
 
-class ShapesSemanticDataset(SemanticDataset):
-    """Semantic view of ``num_samples`` scenes of one split; scene i is ``generator(seed_i)``."""
+class _ShapesSplit:
+    """The scenes of one split: scene i of split s is ``generator(seed + offset(s) + i)``."""
 
     def __init__(
         self, generator: ShapesGenerator, *, num_samples: int, seed: int, split: str, **kwargs
@@ -241,39 +241,30 @@ class ShapesSemanticDataset(SemanticDataset):
 
     def __len__(self) -> int:
         return self.num_samples
+
+    def scene(self, index: int) -> tuple[Scene, str]:
+        return self.generator(self.base_seed + index), f"shapes/{self.split}/{index:06d}"
+
+
+class ShapesSemanticDataset(_ShapesSplit, SemanticDataset):
+    """Semantic view: stuff classes then thing classes."""
 
     def load_sample(self, index: int) -> dict:
-        scene = self.generator(self.base_seed + index)
-        return {
-            "image": scene.image,
-            "mask": scene.semantic,
-            "name": f"shapes/{self.split}/{index:06d}",
-        }
+        scene, name = self.scene(index)
+        return {"image": scene.image, "mask": scene.semantic, "name": name}
 
 
-class ShapesInstanceDataset(InstanceDataset):
+class ShapesInstanceDataset(_ShapesSplit, InstanceDataset):
     """Instance view: one target per visible thing, labels 1..T (0 = background)."""
 
-    def __init__(
-        self, generator: ShapesGenerator, *, num_samples: int, seed: int, split: str, **kwargs
-    ) -> None:
-        super().__init__(**kwargs)
-        self.generator = generator
-        self.num_samples = num_samples
-        self.split = split
-        self.base_seed = seed + _SPLIT_OFFSET[split]
-
-    def __len__(self) -> int:
-        return self.num_samples
-
     def load_instances(self, index: int) -> dict:
-        scene = self.generator(self.base_seed + index)
+        scene, name = self.scene(index)
         return {
             "image": scene.image,
             "masks": scene.instance_masks,
             "labels": scene.thing_labels + 1,
             "image_id": index,
-            "name": f"shapes/{self.split}/{index:06d}",
+            "name": name,
         }
 
 
