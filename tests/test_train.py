@@ -37,9 +37,14 @@ def test_fast_dev_run(compose_cfg, model):
     overrides = [f"model={model}", "debug=fast_dev_run", "data.batch_size=2"]
     if model == "unet":
         overrides.append("data.image_size=188")  # smallest input of the unpadded paper U-Net
-    metrics, _objects = train(compose_cfg(overrides=overrides))
+    if model == "maskrcnn":  # ResNet-50-FPN at 800 px takes ~15 s a step on 2 cores
+        overrides += ["model.net.backbone=resnet18", "model.net.min_size=64", "model.net.max_size=64"]
+    metrics, objects = train(compose_cfg(overrides=overrides))
     assert np.isfinite(metrics["fit"]["train/loss"])
-    assert 0.0 <= metrics["val"]["val/pixel_acc"] <= 1.0
+    if objects["cfg"].model.task == "instance":
+        assert -1.0 <= metrics["val"]["val/map_segm"] <= 1.0
+    else:
+        assert 0.0 <= metrics["val"]["val/pixel_acc"] <= 1.0
 
 
 @pytest.fixture(scope="module")

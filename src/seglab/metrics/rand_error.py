@@ -87,7 +87,7 @@ class RandError(Metric):
                 raise ValueError(
                     f"RandError: float preds must be (N, K, H, W) logits, got shape {tuple(preds.shape)}"
                 )
-            preds = preds.argmax(dim=1)
+            preds = preds.max(dim=1).indices
         if preds.ndim == 2:
             preds = preds.unsqueeze(0)
         if target.ndim == 2:

@@ -199,7 +199,7 @@ class SemanticSegmentationTask(L.LightningModule):
             getattr(self, f"{stage}_loss").update(total / normaliser, weight=normaliser)
         getattr(self, f"{stage}_metrics").update(logits, mask)
         if "rand_error" in self.extra_metrics:
-            getattr(self, f"{stage}_rand_error").update(logits.argmax(1), mask)
+            getattr(self, f"{stage}_rand_error").update(logits.max(dim=1).indices, mask)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -208,7 +208,7 @@ class SemanticSegmentationTask(L.LightningModule):
         self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self.infer(batch["image"]).argmax(dim=1)
+        return self.infer(batch["image"]).max(dim=1).indices
 
     def _log_epoch(self, stage: str) -> None:
         values = getattr(self, f"{stage}_metrics").compute()
