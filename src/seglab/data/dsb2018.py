@@ -7,7 +7,8 @@ Nature Methods 2019. Layout under ``data_dir``::
     stage1_train/<id>/masks/<m>.png     one binary mask per nucleus, same size as the image
 
 ``load_dsb2018`` reads one id into an RGB image and an int32 instance-id map; the semantic view
-here (nucleus = 1, background = 0) and an instance view over the same files both build on it.
+(nucleus = 1, background = 0) and the instance view (one ``nucleus`` target per mask file) both
+build on it.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from torch.utils.data import Dataset
 
-from seglab.data.base import SegmentationDataModule, SemanticDataset
+from seglab.data.base import InstanceDataset, SegmentationDataModule, SemanticDataset, list_collate
 from seglab.data.isbi import declare_weight_target
 from seglab.data.weight_maps import unet_weight_map
 
 __all__ = [
     "DSB2018DataModule",
+    "DSB2018InstanceDataset",
     "DSB2018SemanticDataset",
     "list_dsb2018_ids",
     "load_dsb2018",
@@ -206,8 +209,42 @@ class DSB2018SemanticDataset(SemanticDataset):
         return sample
 
 
+class DSB2018InstanceDataset(InstanceDataset):
+    """Instance view of DSB 2018 ids: one ``nucleus`` (label 1) target per non-empty mask file,
+    its pixels as in ``load_dsb2018_instances`` (a pixel two files claim goes to the first).
+
+    Args:
+        folder: the stage folder (``.../stage1_train``).
+        ids: the image ids of this split.
+        **kwargs: ``InstanceDataset``'s arguments.
+    """
+
+    def __init__(self, folder: str | Path, ids: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.folder = Path(folder)
+        self.ids = list(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_instances(self, index: int) -> dict[str, Any]:
+        image_id = self.ids[index]
+        image, instances = load_dsb2018(self.folder, image_id)
+        count = int(instances.max())
+        masks = instances[None] == np.arange(1, count + 1, dtype=np.int32)[:, None, None]
+        return {
+            "image": image,
+            "masks": masks,
+            "labels": np.ones(count, np.int64),
+            "image_id": index,
+            "name": str(self.folder / image_id / "images" / f"{image_id}.png"),
+        }
+
+
 class DSB2018DataModule(SegmentationDataModule):
-    """``data=dsb2018``: DSB 2018 ``stage1_train`` nuclei, semantic view, RGB input.
+    """``data=dsb2018``: DSB 2018 ``stage1_train`` nuclei, RGB input; semantic view
+    (``task=semantic``: background / nucleus masks) or instance view (``task=instance``: one
+    ``nucleus`` target per mask file, in lists; ``image_id`` is the index in the split).
 
     Splits: ``train`` and ``val`` divide the ids of ``data_dir/train_folder`` by
     ``split_dsb2018_ids`` (seeded shuffle, ``val_fraction``); there is no ``test`` split (stage 1
@@ -257,11 +294,14 @@ class DSB2018DataModule(SegmentationDataModule):
             data_dir=data_dir,
             **kwargs,
         )
-        if self.task != "semantic":
+        if self.task == "panoptic":
             raise ValueError(
-                f"data.task={self.task!r}: data=dsb2018 has only a semantic view so far "
-                "(background, nucleus)"
+                "data.task='panoptic': data=dsb2018 has a semantic and an instance view"
             )
+        if self.task == "instance":
+            if weight_map:
+                raise ValueError("data.weight_map=true: weight maps belong to the semantic view")
+            self.collate_fn = list_collate
         if num_classes != 2:
             raise ValueError(f"data.num_classes={num_classes} but data=dsb2018 has 2 classes")
         if self.ignore_index in (0, 1):
@@ -292,7 +332,14 @@ class DSB2018DataModule(SegmentationDataModule):
             )
         return self._split
 
-    def build_dataset(self, split: str) -> DSB2018SemanticDataset:
+    def build_dataset(self, split: str) -> Dataset:
+        if self.task == "instance":
+            return DSB2018InstanceDataset(
+                self.folder,
+                self.split_ids()[split],
+                num_classes=self.num_classes,
+                transform=self.train_transforms if split == "train" else self.eval_transforms,
+            )
         return DSB2018SemanticDataset(
             self.folder,
             self.split_ids()[split],

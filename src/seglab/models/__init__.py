@@ -2,8 +2,9 @@
 
 from seglab.models.deeplab import DeepLabV3, DeepLabV3Plus
 from seglab.models.fcn import FCN
+from seglab.models.mask_rcnn import MaskRCNN
 from seglab.models.pspnet import PSPNet
 from seglab.models.segnet import SegNet
 from seglab.models.unet import UNet
 
-__all__ = ["FCN", "DeepLabV3", "DeepLabV3Plus", "PSPNet", "SegNet", "UNet"]
+__all__ = ["FCN", "DeepLabV3", "DeepLabV3Plus", "MaskRCNN", "PSPNet", "SegNet", "UNet"]

@@ -1,0 +1,453 @@
+"""COCO-format instance annotations (Lin et al., "Microsoft COCO: Common Objects in Context",
+ECCV 2014): an instances JSON and an image folder per split, read through pycocotools.
+
+Official layout under ``data_dir`` (the defaults of ``conf/data/coco.yaml``)::
+
+    annotations/instances_train2017.json   train2017/<file_name>
+    annotations/instances_val2017.json     val2017/<file_name>
+
+Any COCO-format file works (labelme and CVAT exports, for example): polygons, uncompressed and
+compressed RLE, crowd annotations, images without annotations. What real-world files get wrong
+is handled here:
+
+- annotation ids must be >= 1 and unique for COCOeval (it takes id 0 for "unmatched"), so a file
+  with an id 0 or a repeated id is renumbered 1..N in file order, with a warning;
+- a category named like the background (``_background_`` of labelme exports, usually id 0) is
+  dropped; an annotation that uses it is an error;
+- the remaining categories, in ascending id order, become the contiguous labels 1..K-1
+  (0 = background); ``label_to_category`` maps them back to the file's ids for export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+from seglab.data.base import (
+    InstanceDataset,
+    SegmentationDataModule,
+    SemanticDataset,
+    list_collate,
+)
+
+__all__ = [
+    "BACKGROUND_NAMES",
+    "CocoCategories",
+    "CocoDataModule",
+    "CocoInstanceDataset",
+    "CocoSemanticDataset",
+    "annotation_mask",
+    "read_coco",
+]
+
+log = logging.getLogger(__name__)
+
+BACKGROUND_NAMES = ("_background_", "__background__")
+COCO_2017 = {
+    "train": {"images": "train2017", "annotations": "annotations/instances_train2017.json"},
+    "val": {"images": "val2017", "annotations": "annotations/instances_val2017.json"},
+}
+HOW_TO_GET = (
+    "get COCO from https://cocodataset.org/#download (2017 train/val images and annotations) "
+    "and unpack it under data.data_dir, or point data.split_files at a COCO-format file and its "
+    "image folder"
+)
+
+
+def read_coco(path: str | Path) -> COCO:
+    """A pycocotools ``COCO`` of the instances file ``path``, annotation ids renumbered 1..N (in
+    file order) when any is below 1 or repeated.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a COCO instances file (no ``images`` or ``categories`` list).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"data=coco: annotation file {path} not found; {HOW_TO_GET}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"data=coco: {path} is not a readable JSON file ({err})") from err
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), list) for k in ("images", "categories")
+    ):
+        raise ValueError(f"data=coco: {path} has no 'images' and 'categories' lists")
+    annotations = data.setdefault("annotations", [])
+    ids = [a.get("id") for a in annotations]
+    if any(not isinstance(i, int) or i < 1 for i in ids) or len(set(ids)) != len(ids):
+        log.warning(
+            "data=coco: %s has annotation ids below 1 or repeated; renumbered 1..%d in file "
+            "order (COCOeval counts a match with annotation id 0 as no match)",
+            path,
+            len(ids),
+        )
+        for k, annotation in enumerate(annotations):
+            annotation["id"] = k + 1
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def annotation_mask(annotation: Mapping[str, Any], height: int, width: int) -> np.ndarray:
+    """The binary mask (H, W) uint8 of a COCO annotation: polygons (those with fewer than 3
+    points are skipped, leaving the mask empty when none is left), uncompressed or compressed RLE.
+
+    Raises:
+        ValueError: no segmentation, or an RLE of another size than the image (naming the id).
+    """
+    segmentation = annotation.get("segmentation")
+    if segmentation is None:
+        raise ValueError(
+            f"data=coco: annotation {annotation.get('id')} has no 'segmentation' "
+            "(instance segmentation needs masks)"
+        )
+    if isinstance(segmentation, list):
+        polygons = [p for p in segmentation if len(p) >= 6 and len(p) % 2 == 0]
+        if not polygons:
+            return np.zeros((height, width), np.uint8)
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    elif isinstance(segmentation, dict) and "counts" in segmentation:
+        size = list(segmentation.get("size", []))
+        if size != [height, width]:
+            raise ValueError(
+                f"data=coco: annotation {annotation.get('id')} has an RLE of size {size} on an "
+                f"image of {height}x{width}"
+            )
+        rle = segmentation
+        if isinstance(rle["counts"], list):
+            rle = mask_utils.frPyObjects(rle, height, width)
+    else:
+        raise ValueError(
+            f"data=coco: annotation {annotation.get('id')}: segmentation must be polygons or an "
+            f"RLE dict, got {type(segmentation).__name__}"
+        )
+    return mask_utils.decode(rle).astype(np.uint8)
+
+
+class CocoCategories:
+    """The label mapping of a COCO file: categories minus background-named ones, in id order.
+
+    Attributes:
+        names: ``["background", *category names]``, one per label 0..K-1.
+        category_ids: the file's category id of each label 1..K-1 (``category_ids[label - 1]``).
+        category_to_label: inverse of ``category_ids``.
+        dropped: ids of the categories dropped as background.
+    """
+
+    def __init__(
+        self, coco: COCO, *, source: str, background_names: Sequence[str] = BACKGROUND_NAMES
+    ) -> None:
+        categories = sorted(coco.dataset["categories"], key=lambda c: c["id"])
+        kept = [c for c in categories if c.get("name") not in set(background_names)]
+        self.dropped = [c["id"] for c in categories if c.get("name") in set(background_names)]
+        self.names = ["background", *(str(c["name"]) for c in kept)]
+        self.category_ids = [int(c["id"]) for c in kept]
+        self.category_to_label = {cid: k + 1 for k, cid in enumerate(self.category_ids)}
+        for annotation in coco.dataset["annotations"]:
+            cid = annotation.get("category_id")
+            if cid in self.dropped:
+                raise ValueError(
+                    f"data=coco: annotation {annotation['id']} in {source} has category {cid}, "
+                    f"named like the background ({list(background_names)}); relabel it or set "
+                    "data.background_names"
+                )
+            if cid not in self.category_to_label:
+                raise ValueError(
+                    f"data=coco: annotation {annotation['id']} in {source} has category {cid}, "
+                    f"which the file's 'categories' do not list"
+                )
+
+    @property
+    def label_to_category(self) -> dict[int, int]:
+        return {k + 1: cid for k, cid in enumerate(self.category_ids)}
+
+
+class _CocoImages:
+    """Shared reading of one split: image ids, image files, per-image annotations."""
+
+    def __init__(
+        self,
+        coco: COCO,
+        image_dir: str | Path,
+        categories: CocoCategories,
+        image_ids: Sequence[int] | None = None,
+    ) -> None:
+        self.coco = coco
+        self.image_dir = Path(image_dir).expanduser()
+        self.categories = categories
+        self.image_ids = list(image_ids) if image_ids is not None else sorted(coco.imgs)
+
+    def image(self, image_id: int) -> tuple[np.ndarray, str]:
+        info = self.coco.imgs[image_id]
+        path = self.image_dir / info["file_name"]
+        if not path.is_file():
+            raise FileNotFoundError(f"data=coco: image {path} (image id {image_id}) not found")
+        try:
+            with Image.open(path) as img:
+                image = np.array(img.convert("RGB"), dtype=np.uint8)
+        except OSError as err:
+            raise ValueError(f"data=coco: image {path} could not be read ({err})") from err
+        expected = (int(info["height"]), int(info["width"]))
+        if image.shape[:2] != expected:
+            raise ValueError(
+                f"data=coco: image {path} is {image.shape[0]}x{image.shape[1]} but its "
+                f"annotation file says {expected[0]}x{expected[1]}"
+            )
+        return image, str(path)
+
+    def objects(self, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(masks (n, H, W) uint8, labels (n,) int64, iscrowd (n,) int64) of an image."""
+        info = self.coco.imgs[image_id]
+        height, width = int(info["height"]), int(info["width"])
+        annotations = self.coco.imgToAnns.get(image_id, [])
+        masks = np.zeros((len(annotations), height, width), np.uint8)
+        labels = np.zeros(len(annotations), np.int64)
+        iscrowd = np.zeros(len(annotations), np.int64)
+        for k, annotation in enumerate(annotations):
+            masks[k] = annotation_mask(annotation, height, width)
+            labels[k] = self.categories.category_to_label[annotation["category_id"]]
+            iscrowd[k] = int(bool(annotation.get("iscrowd", 0)))
+        return masks, labels, iscrowd
+
+
+class CocoInstanceDataset(InstanceDataset):
+    """Instance view: one target per annotation, crowd ones marked ``iscrowd = 1`` (the task keeps
+    them out of the losses; the AP metrics ignore detections on them). ``image_id`` is the file's.
+
+    Args:
+        coco: the split's annotations (``read_coco``).
+        image_dir: the folder the images' ``file_name`` are relative to.
+        categories: the label mapping.
+        image_ids: the images of this dataset (default: all, ascending id).
+        num_classes, transform: as for ``InstanceDataset``.
+    """
+
+    def __init__(
+        self,
+        coco: COCO,
+        image_dir: str | Path,
+        categories: CocoCategories,
+        *,
+        image_ids: Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.images = _CocoImages(coco, image_dir, categories, image_ids)
+        self.coco = coco
+        self.image_ids = self.images.image_ids
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def load_instances(self, index: int) -> dict[str, Any]:
+        image_id = self.image_ids[index]
+        image, name = self.images.image(image_id)
+        masks, labels, iscrowd = self.images.objects(image_id)
+        return {
+            "image": image,
+            "masks": masks,
+            "labels": labels,
+            "iscrowd": iscrowd,
+            "image_id": image_id,
+            "name": name,
+        }
+
+
+class CocoSemanticDataset(SemanticDataset):
+    """Semantic view: each pixel takes the label of the smallest object covering it (so small
+    objects stay visible on large ones), crowd regions not covered by another object are
+    ``ignore_index``, the rest background (0)."""
+
+    def __init__(
+        self,
+        coco: COCO,
+        image_dir: str | Path,
+        categories: CocoCategories,
+        *,
+        image_ids: Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.images = _CocoImages(coco, image_dir, categories, image_ids)
+        self.image_ids = self.images.image_ids
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def load_mask(self, index: int) -> np.ndarray:
+        masks, labels, iscrowd = self.images.objects(self.image_ids[index])
+        info = self.images.coco.imgs[self.image_ids[index]]
+        mask = np.zeros((int(info["height"]), int(info["width"])), np.int64)
+        area = masks.reshape(len(masks), -1).sum(1)
+        # crowd first, then objects from the largest to the smallest: later ones paint over
+        order = sorted(range(len(masks)), key=lambda k: (-int(iscrowd[k]), -int(area[k])))
+        for k in order:
+            mask[masks[k] > 0] = self.ignore_index if iscrowd[k] else labels[k]
+        return mask
+
+    def load_sample(self, index: int) -> dict[str, Any]:
+        image, name = self.images.image(self.image_ids[index])
+        return {"image": image, "mask": self.load_mask(index), "name": name}
+
+
+class CocoDataModule(SegmentationDataModule):
+    """``data=coco``: COCO-format instance annotations; instance view (``task=instance``, lists
+    of targets) or semantic view (``task=semantic``).
+
+    Args:
+        data_dir: the root the paths of ``split_files`` are relative to.
+        split_files: ``{split: {"images": folder, "annotations": json file}}``; default COCO 2017
+            train and val. Add ``test`` to have a test split.
+        filter_empty_train: leave the images without a non-crowd annotation out of the train
+            split (as torchvision's and detectron2's COCO training); other splits keep every image.
+        background_names: category names taken for the background and dropped.
+        num_classes: background + the file's categories; checked against the files at setup.
+        class_names: ``["background", *names]`` in category id order (checked against the files),
+            or None to take them from the first split's file.
+        **kwargs: ``SegmentationDataModule``'s arguments.
+    """
+
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        split_files: Mapping[str, Mapping[str, str]] | None = None,
+        filter_empty_train: bool = True,
+        background_names: Sequence[str] = BACKGROUND_NAMES,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        files = {k: dict(v) for k, v in (split_files or COCO_2017).items()}
+        for split, entry in files.items():
+            if set(entry) != {"images", "annotations"}:
+                raise ValueError(
+                    f"data.split_files.{split}={entry}: expected the keys 'images' and "
+                    "'annotations'"
+                )
+        if not files:
+            raise ValueError("data.split_files is empty: give at least one split")
+        self.split_files = files
+        self.splits = tuple(files)
+        self.root = Path(data_dir).expanduser()
+        self.filter_empty_train = filter_empty_train
+        self.background_names = tuple(background_names)
+        self._coco: dict[str, COCO] = {}
+        self._categories: CocoCategories | None = None
+        if class_names is None:
+            class_names = self.categories.names
+            if num_classes != len(class_names):
+                raise ValueError(
+                    f"data.num_classes={num_classes} but {self._path(self.splits[0], 'annotations')}"
+                    f" has {len(class_names) - 1} categories (+ background): set "
+                    f"data.num_classes={len(class_names)}"
+                )
+        super().__init__(
+            num_classes=num_classes, class_names=class_names, data_dir=data_dir, **kwargs
+        )
+        if self.task == "panoptic":
+            raise ValueError("data=coco reads instance annotations: task semantic or instance")
+        if self.task == "instance":
+            self.collate_fn = list_collate
+        self._checked: set[str] = set()
+
+    def _path(self, split: str, key: str) -> Path:
+        return self.root / self.split_files[split][key]
+
+    def coco(self, split: str) -> COCO:
+        """The split's annotations as a pycocotools ``COCO`` (annotation ids >= 1), e.g. for
+        running ``COCOeval`` on exported results directly."""
+        if split not in self.split_files:
+            raise ValueError(f"split={split!r}: data.split_files has {list(self.split_files)}")
+        if split not in self._coco:
+            self._coco[split] = read_coco(self._path(split, "annotations"))
+        return self._coco[split]
+
+    @property
+    def categories(self) -> CocoCategories:
+        """The label mapping, from the first split's file."""
+        if self._categories is None:
+            first = self.splits[0]
+            self._categories = CocoCategories(
+                self.coco(first),
+                source=str(self._path(first, "annotations")),
+                background_names=self.background_names,
+            )
+        return self._categories
+
+    @property
+    def label_to_category(self) -> dict[int, int]:
+        """Contiguous label -> the file's category id (for COCO results files)."""
+        return self.categories.label_to_category
+
+    def _check(self, split: str) -> CocoCategories:
+        source = str(self._path(split, "annotations"))
+        categories = CocoCategories(
+            self.coco(split), source=source, background_names=self.background_names
+        )
+        if split in self._checked:
+            return categories
+        if categories.category_ids != self.categories.category_ids:
+            raise ValueError(
+                f"data=coco: {source} has the categories {categories.category_ids}, but "
+                f"{self._path(self.splits[0], 'annotations')} has {self.categories.category_ids}"
+            )
+        if self.num_classes != len(categories.names):
+            raise ValueError(
+                f"data.num_classes={self.num_classes} but {source} has "
+                f"{len(categories.names) - 1} categories (+ background): set "
+                f"data.num_classes={len(categories.names)}"
+            )
+        if list(self.class_names) != categories.names:
+            raise ValueError(
+                f"data.class_names={list(self.class_names)} differ from the categories of "
+                f"{source} {categories.names}: set data.class_names=null to take them from the file"
+            )
+        self._checked.add(split)
+        return categories
+
+    def build_dataset(self, split: str) -> Dataset:
+        categories = self._check(split)
+        coco = self.coco(split)
+        image_dir = self._path(split, "images")
+        if not image_dir.is_dir():
+            raise FileNotFoundError(f"data=coco: image folder {image_dir} not found; {HOW_TO_GET}")
+        image_ids = sorted(coco.imgs)
+        if split == "train" and self.filter_empty_train:
+            image_ids = [
+                i
+                for i in image_ids
+                if any(not a.get("iscrowd", 0) for a in coco.imgToAnns.get(i, []))
+            ]
+            if not image_ids:
+                raise ValueError(
+                    f"data=coco: no image of {self._path(split, 'annotations')} has a non-crowd "
+                    "annotation (data.filter_empty_train=true left the train split empty)"
+                )
+        if self.task == "instance":
+            transform = self.train_transforms if split == "train" else self.eval_transforms
+            return CocoInstanceDataset(
+                coco,
+                image_dir,
+                categories,
+                image_ids=image_ids,
+                num_classes=self.num_classes,
+                transform=transform,
+            )
+        return CocoSemanticDataset(
+            coco, image_dir, categories, image_ids=image_ids, **self.dataset_kwargs(split)
+        )

@@ -1,0 +1,270 @@
+"""Mask R-CNN: torchvision's implementation behind a keyword-only constructor.
+
+He, Gkioxari, Dollar, Girshick, "Mask R-CNN", ICCV 2017 (arXiv:1703.06870), with the FPN backbone
+of Lin et al., "Feature Pyramid Networks for Object Detection", CVPR 2017.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+__all__ = ["BACKBONES", "MaskRCNN"]
+
+log = logging.getLogger(__name__)
+
+# name -> (number of trainable stages when everything trains, feature maps given to the heads)
+BACKBONES: dict[str, tuple[int, int]] = {
+    "resnet18": (5, 5),
+    "resnet34": (5, 5),
+    "resnet50": (5, 5),
+    "resnet101": (5, 5),
+    "mobilenet_v3_large": (6, 3),
+}
+# Class-specific layers: skipped, not an error, when a weights file was trained on other classes.
+_CLASS_SPECIFIC = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+
+
+def _read_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model.net.{key}={str(path)!r}: no such file (no weights are downloaded; put a "
+            f"state-dict file there or set model.net.{key}=null to train from scratch)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"model.net.{key}={str(path)!r} is not a readable state dict ({err})"
+        ) from err
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"model.net.{key}={str(path)!r} holds a {type(state).__name__}, not a dict"
+        )
+    prefix = "net."  # a seglab Lightning checkpoint
+    if state and all(k.startswith(prefix) for k in state):
+        state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+class MaskRCNN(TorchvisionMaskRCNN):
+    """Mask R-CNN with an FPN backbone: ``torchvision.models.detection.MaskRCNN``, built from
+    numbers and names.
+
+    The paper's R50-FPN is the default: RoIAlign, a box head of two 1024-d FC layers on 7x7 RoIAlign
+    features, and a mask head of RoIAlign 14x14 -> four 3x3 convs of 256 channels -> 2x2
+    deconvolution (stride 2) -> 1x1 conv to one 28x28 mask per class, trained with per-pixel
+    sigmoid BCE on the ground-truth class's mask and pasted into the box at inference. The defaults
+    of every keyword are the paper's (and torchvision's).
+
+    Contract (torchvision detection): ``forward(images, targets)`` with ``images`` a list of float
+    (C, H, W) tensors in [0, 1] (sizes may differ; the net resizes and normalises them) returns in
+    train mode a dict of scalar losses ``loss_classifier``, ``loss_box_reg``, ``loss_mask``,
+    ``loss_objectness``, ``loss_rpn_box_reg``, and in eval mode one dict per image with ``boxes``
+    float (N, 4) xyxy, ``labels`` int64 (N,) in 1..K-1, ``scores`` float (N,) and ``masks`` float
+    (N, 1, H, W) per-pixel probabilities at the input image's size. ``targets`` (train mode) hold
+    ``boxes``, ``labels`` and ``masks`` uint8 (n, H, W) per image; n may be 0.
+
+    Deviations from the paper:
+    - torchvision's ResNets put the stride of a bottleneck in its 3x3 conv (ResNet v1.5), the
+      paper's Caffe ResNets in the 1x1 conv.
+    - Without backbone weights the backbone trains from scratch with ordinary batch norm
+      (torchvision's choice); the paper fine-tunes ImageNet weights with frozen batch norm, which is
+      what ``frozen_batch_norm`` gives (on by default when ``backbone_weights`` is set).
+    - ResNet-18/34/101 and MobileNetV3-Large FPN backbones are options (MobileNetV3-FPN as in
+      torchvision's ``fasterrcnn_mobilenet_v3_large_fpn``: 3 feature maps, every anchor size on each).
+
+    Args:
+        num_classes: K, background included.
+        backbone: ``resnet50`` (default), ``resnet18``, ``resnet34``, ``resnet101`` or
+            ``mobilenet_v3_large``, each with an FPN.
+        backbone_weights: path of a local ImageNet state-dict file of the backbone network (e.g.
+            torchvision's ``resnet50-0676ba61.pth``); None trains from scratch. Nothing is downloaded.
+        weights: path of a local state-dict file of a whole Mask R-CNN (torchvision's
+            ``maskrcnn_resnet50_fpn_coco-*.pth`` or a seglab checkpoint); the class-specific predictor
+            layers are skipped when their shapes differ (another ``num_classes``).
+        trainable_backbone_layers: backbone stages that train (0..5 for ResNets, 0..6 for
+            MobileNetV3); None: all when training from scratch, else 3, as torchvision.
+        frozen_batch_norm: ``FrozenBatchNorm2d`` in the backbone; None: when ``backbone_weights``
+            or ``weights`` is set.
+        min_size, max_size: images are resized so that the short side is ``min_size`` (a list:
+            one picked at random per training batch, torchvision's scale jitter) unless the long side
+            would exceed ``max_size``.
+        image_mean, image_std: normalisation of the 0..1 input (ImageNet statistics by default).
+        anchor_sizes: anchor side lengths in input pixels: one per FPN level (P2..P6) for the
+            ResNets; all of them on each of the 3 levels of MobileNetV3-FPN.
+        anchor_aspect_ratios: height / width ratios at every level.
+        rpn_*: region proposal network: NMS top-n before / after NMS in training and testing, NMS
+            IoU, anchor IoU thresholds for positives / negatives, anchors sampled per image and
+            their positive fraction, minimum objectness of a proposal.
+        box_*: box head: minimum class score and NMS IoU of a detection, detections per image,
+            proposal IoU thresholds for foreground / background, RoIs sampled per image and their
+            positive fraction.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        backbone: str = "resnet50",
+        backbone_weights: str | None = None,
+        weights: str | None = None,
+        trainable_backbone_layers: int | None = None,
+        frozen_batch_norm: bool | None = None,
+        min_size: int | Sequence[int] = 800,
+        max_size: int = 1333,
+        image_mean: Sequence[float] | None = (0.485, 0.456, 0.406),
+        image_std: Sequence[float] | None = (0.229, 0.224, 0.225),
+        anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+        anchor_aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        rpn_pre_nms_top_n_train: int = 2000,
+        rpn_pre_nms_top_n_test: int = 1000,
+        rpn_post_nms_top_n_train: int = 2000,
+        rpn_post_nms_top_n_test: int = 1000,
+        rpn_nms_thresh: float = 0.7,
+        rpn_fg_iou_thresh: float = 0.7,
+        rpn_bg_iou_thresh: float = 0.3,
+        rpn_batch_size_per_image: int = 256,
+        rpn_positive_fraction: float = 0.5,
+        rpn_score_thresh: float = 0.0,
+        box_score_thresh: float = 0.05,
+        box_nms_thresh: float = 0.5,
+        box_detections_per_img: int = 100,
+        box_fg_iou_thresh: float = 0.5,
+        box_bg_iou_thresh: float = 0.5,
+        box_batch_size_per_image: int = 512,
+        box_positive_fraction: float = 0.25,
+    ) -> None:
+        if backbone not in BACKBONES:
+            raise ValueError(f"model.net.backbone={backbone!r}: expected one of {list(BACKBONES)}")
+        if num_classes < 2:
+            raise ValueError(
+                f"model.net.num_classes={num_classes}: Mask R-CNN needs background + at least one class"
+            )
+        max_layers, levels = BACKBONES[backbone]
+        pretrained = backbone_weights is not None or weights is not None
+        if trainable_backbone_layers is None:
+            trainable_backbone_layers = 3 if pretrained else max_layers
+        if not 0 <= trainable_backbone_layers <= max_layers:
+            raise ValueError(
+                f"model.net.trainable_backbone_layers={trainable_backbone_layers}: expected "
+                f"0..{max_layers} for {backbone}"
+            )
+        if frozen_batch_norm is None:
+            frozen_batch_norm = pretrained
+        norm_layer = FrozenBatchNorm2d if frozen_batch_norm else nn.BatchNorm2d
+        if backbone.startswith("resnet"):
+            body = resnet_fpn_backbone(
+                backbone_name=backbone,
+                weights=None,
+                norm_layer=norm_layer,
+                trainable_layers=trainable_backbone_layers,
+            )
+            if len(anchor_sizes) != levels:
+                raise ValueError(
+                    f"model.net.anchor_sizes={list(anchor_sizes)}: {backbone}-FPN has {levels} "
+                    "levels (P2..P6), one anchor size each"
+                )
+            sizes = tuple((int(s),) for s in anchor_sizes)
+        else:
+            body = mobilenet_backbone(
+                backbone_name=backbone,
+                weights=None,
+                fpn=True,
+                norm_layer=norm_layer,
+                trainable_layers=trainable_backbone_layers,
+            )
+            sizes = (tuple(int(s) for s in anchor_sizes),) * levels
+        if backbone_weights is not None:
+            self._load_backbone(body, backbone, backbone_weights)
+        ratios = (tuple(float(r) for r in anchor_aspect_ratios),) * len(sizes)
+        super().__init__(
+            body,
+            num_classes=num_classes,
+            min_size=tuple(min_size) if isinstance(min_size, Sequence) else min_size,
+            max_size=max_size,
+            image_mean=list(image_mean) if image_mean is not None else None,
+            image_std=list(image_std) if image_std is not None else None,
+            rpn_anchor_generator=AnchorGenerator(sizes, ratios),
+            rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+            rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+            rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+            rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+            rpn_nms_thresh=rpn_nms_thresh,
+            rpn_fg_iou_thresh=rpn_fg_iou_thresh,
+            rpn_bg_iou_thresh=rpn_bg_iou_thresh,
+            rpn_batch_size_per_image=rpn_batch_size_per_image,
+            rpn_positive_fraction=rpn_positive_fraction,
+            rpn_score_thresh=rpn_score_thresh,
+            box_score_thresh=box_score_thresh,
+            box_nms_thresh=box_nms_thresh,
+            box_detections_per_img=box_detections_per_img,
+            box_fg_iou_thresh=box_fg_iou_thresh,
+            box_bg_iou_thresh=box_bg_iou_thresh,
+            box_batch_size_per_image=box_batch_size_per_image,
+            box_positive_fraction=box_positive_fraction,
+        )
+        self.num_classes = num_classes
+        self.backbone_name = backbone
+        if weights is not None:
+            self.load_weights(weights)
+
+    @staticmethod
+    def _load_backbone(body: nn.Module, backbone: str, path: str) -> None:
+        """Load an ImageNet classifier's state dict into the FPN body (classifier layers dropped)."""
+        state = _read_state_dict(path, "backbone_weights")
+        if backbone.startswith("mobilenet"):
+            state = {k.removeprefix("features."): v for k, v in state.items()}
+        state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
+        missing, unexpected = body.body.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            raise ValueError(
+                f"model.net.backbone_weights={path!r} does not fit {backbone}: missing "
+                f"{missing[:5]}, unexpected {unexpected[:5]}"
+            )
+
+    def load_weights(self, path: str | Path) -> list[str]:
+        """Load a whole-model state dict; returns the class-specific keys skipped for their shape."""
+        state = _read_state_dict(path, "weights")
+        own = self.state_dict()
+        skipped = [
+            k
+            for k, v in state.items()
+            if k.startswith(_CLASS_SPECIFIC) and k in own and own[k].shape != v.shape
+        ]
+        state = {k: v for k, v in state.items() if k not in skipped}
+        try:
+            missing, unexpected = self.load_state_dict(state, strict=False)
+        except RuntimeError as err:
+            raise ValueError(
+                f"model.net.weights={str(path)!r} does not fit this net: {err}"
+            ) from err
+        missing = [k for k in missing if k not in skipped and not k.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            raise ValueError(
+                f"model.net.weights={str(path)!r} does not fit this net "
+                f"(backbone={self.backbone_name}): missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        if skipped:
+            log.info(
+                "model.net.weights: %d class-specific tensors left at init: %s",
+                len(skipped),
+                skipped,
+            )
+        return skipped
+
+    def extra_repr(self) -> str:
+        return f"backbone={self.backbone_name}, num_classes={self.num_classes}"

@@ -1,0 +1,314 @@
+"""The instance segmentation task: torchvision-style detectors, their losses, COCO box and mask AP."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim import Optimizer
+from torchmetrics import MeanMetric
+from torchmetrics.detection import MeanAveragePrecision
+
+__all__ = ["LOSS_KEYS", "InstanceSegmentationTask", "MaskAP", "loss_mode"]
+
+LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+# torchmetrics' result keys -> logged names (``{stage}/{name}_{bbox|segm}``)
+_AP_KEYS = (
+    "map",
+    "map_50",
+    "map_75",
+    "map_small",
+    "map_medium",
+    "map_large",
+    "mar_1",
+    "mar_10",
+    "mar_100",
+    "mar_small",
+    "mar_medium",
+    "mar_large",
+)
+_NORM_AND_DROPOUT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+_NET_TARGET_KEYS = ("boxes", "labels", "masks")
+
+
+@contextlib.contextmanager
+def loss_mode(net: nn.Module) -> Iterator[nn.Module]:
+    """Put ``net`` in train mode except its batch-norm and dropout modules; restore every
+    module's mode on exit.
+
+    torchvision's detectors return losses only when ``net.training`` is set. Inside this context
+    they do, while every ``_BatchNorm`` normalises with (and does not update) its running
+    statistics and every dropout module is the identity, exactly as in eval mode. Run it under
+    ``torch.no_grad()`` so that no gradient is kept either.
+    """
+    modes = {module: module.training for module in net.modules()}
+    try:
+        net.train()
+        for module in net.modules():
+            if isinstance(module, _NORM_AND_DROPOUT):
+                module.eval()
+        yield net
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+class MaskAP(MeanAveragePrecision):
+    """COCO box and mask AP / AR: torchmetrics' ``MeanAveragePrecision(iou_type=("bbox", "segm"))``
+    (pycocotools' COCOeval underneath), made exact under DDP.
+
+    torchmetrics gathers its per-image lists element by element, which needs the same number of
+    images on every rank and interleaves them by rank. Here the states of all ranks are gathered as
+    objects (any number of images per rank) and ``compute`` evaluates the images in the order of
+    their ``image_id``, so the numbers do not depend on how the images were spread over ranks (the
+    order decides COCOeval's ties between equal scores). The IoU and recall thresholds are
+    COCOeval's float64 ones (``np.linspace``), so the numbers equal COCOeval run directly.
+
+    ``update(preds, target)``: torchmetrics' format (boxes xyxy, ``masks`` bool (N, H, W)), each
+    target with an ``image_id`` int and optionally ``iscrowd`` and ``area``.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("iou_type", ("bbox", "segm"))
+        kwargs.setdefault("backend", "pycocotools")
+        # COCOeval's own thresholds: torchmetrics' defaults come from a float32 torch.linspace
+        # (0.2 -> 0.20000000298...), which moves recall thresholds past recalls such as 1/5.
+        kwargs.setdefault("iou_thresholds", np.linspace(0.5, 0.95, 10).tolist())
+        kwargs.setdefault("rec_thresholds", np.linspace(0.0, 1.0, 101).tolist())
+        super().__init__(**kwargs)
+        self.add_state("image_ids", default=[], dist_reduce_fx=None)
+
+    def update(self, preds: list[dict[str, Any]], target: list[dict[str, Any]]) -> None:
+        super().update(preds, target)
+        for item in target:
+            self.image_ids.append(torch.tensor(int(item["image_id"]), dtype=torch.int64))
+
+    def _sync_dist(self, dist_sync_fn: Callable | None = None, process_group: Any = None) -> None:
+        group = process_group or self.process_group
+        local = {
+            name: [v.cpu() if isinstance(v, torch.Tensor) else v for v in getattr(self, name)]
+            for name in self._defaults
+        }
+        gathered: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(gathered, local, group=group)
+        for name in self._defaults:
+            setattr(self, name, [v for part in gathered for v in part[name]])
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        order = sorted(range(len(self.image_ids)), key=lambda i: int(self.image_ids[i]))
+        for name in self._defaults:
+            values = getattr(self, name)
+            if len(values) == len(order):
+                setattr(self, name, [values[i] for i in order])
+        return super().compute()
+
+
+class InstanceSegmentationTask(L.LightningModule):
+    """LightningModule of an instance segmentation net with torchvision's detection contract.
+
+    Batches are ``(list[image (C, H, W) float in [0, 1]], list[target])`` with targets holding
+    ``boxes``, ``labels``, ``masks`` (n, H, W), ``iscrowd``, ``area`` and ``image_id``.
+    Crowd objects (``iscrowd == 1``) never reach the net's losses; they stay in the targets of the
+    AP metrics, where COCOeval ignores the detections that fall on them.
+
+    Logs ``train/<loss>`` for each of the net's losses and their sum ``train/loss`` at every step;
+    at the end of validation and test, the mean of the same losses (``val/loss_mask``, ...,
+    ``val/loss``) over the images, and COCO AP / AR for boxes and masks (``val/map_segm``,
+    ``val/map_50_segm``, ``val/map_75_segm``, ``val/map_small_segm``, ..., ``val/mar_100_segm``,
+    and the same with ``_bbox``), synced across DDP ranks.
+
+    Validation losses: torchvision's detectors compute losses only in train mode, which would
+    also update the batch-norm running statistics and switch dropout on. The loss pass therefore
+    runs inside ``loss_mode``: the net in train mode but every batch-norm and dropout module in
+    eval mode, under ``torch.no_grad()``, restoring all modes afterwards; the random sampling of
+    anchors and RoIs for these losses draws from a generator seeded with the batch's image ids
+    (forked, so the training random stream is untouched and a model's validation losses are
+    reproducible). Detections for the metrics come from a separate pass in eval mode.
+
+    Args:
+        net: the detector (``seglab.models.MaskRCNN``), exposed as ``self.net``.
+        num_classes: K, background included (labels 1..K-1).
+        mask_threshold: predicted mask probabilities at or above it form the mask the metrics see.
+        optimizer: partial taking the parameters.
+        scheduler: partial taking the optimizer; a ``total_iters`` / ``T_max`` left as None is set
+            to the run's number of optimizer steps, and the scheduler steps every iteration.
+        class_names: one name per class (index 0 the background).
+        val_losses: compute the validation / test losses (one more forward pass per batch).
+    """
+
+    def __init__(
+        self,
+        *,
+        net: nn.Module,
+        num_classes: int,
+        mask_threshold: float = 0.5,
+        optimizer: Callable[..., Optimizer] | None = None,
+        scheduler: Callable[[Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
+        class_names: Sequence[str] | None = None,
+        val_losses: bool = True,
+    ) -> None:
+        super().__init__()
+        # Plain values only, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        net_classes = getattr(net, "num_classes", num_classes)
+        if net_classes != num_classes:
+            raise ValueError(
+                f"model.num_classes={num_classes} but model.net.num_classes={net_classes}"
+            )
+        if not 0 < mask_threshold <= 1:
+            raise ValueError(f"model.mask_threshold={mask_threshold}: expected 0 < t <= 1")
+        self.net = net
+        self.num_classes = num_classes
+        self.mask_threshold = mask_threshold
+        self.optimizer_fn = optimizer
+        self.scheduler_fn = scheduler
+        self.class_names = (
+            list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        )
+        self.val_losses = val_losses
+        # One metric object per stage.
+        self.val_ap = MaskAP()
+        self.test_ap = MaskAP()
+        names = (*LOSS_KEYS, "loss")
+        self.val_loss = nn.ModuleDict({k: MeanMetric() for k in names})
+        self.test_loss = nn.ModuleDict({k: MeanMetric() for k in names})
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Detections of the net in eval mode (its losses in train mode need targets)."""
+        return self.net(images)
+
+    @staticmethod
+    def net_targets(targets: Sequence[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:
+        """The targets the net learns from: boxes, labels and masks of the non-crowd objects."""
+        out = []
+        for target in targets:
+            crowd = target.get("iscrowd")
+            keep = None if crowd is None or not bool(crowd.any()) else crowd == 0
+            out.append(
+                {k: target[k] if keep is None else target[k][keep] for k in _NET_TARGET_KEYS}
+            )
+        return out
+
+    def training_step(self, batch: tuple[list, list], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        losses = self.net(list(images), self.net_targets(targets))
+        loss = sum(losses.values())
+        logs = {f"train/{k}": v.detach() for k, v in losses.items()}
+        self.log_dict(logs, batch_size=len(images))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def eval_losses(
+        self, images: list[torch.Tensor], targets: Sequence[dict[str, Any]]
+    ) -> dict[str, torch.Tensor]:
+        """The net's training losses on a batch without touching batch-norm statistics, dropout,
+        gradients or the global random state (see the class docstring)."""
+        seed = sum(int(t.get("image_id", 0)) * 1_000_003 for t in targets) % (2**31)
+        devices = [images[0].device] if images and images[0].device.type == "cuda" else []
+        with (
+            torch.no_grad(),
+            torch.random.fork_rng(devices=devices),
+            loss_mode(self.net),
+        ):
+            torch.manual_seed(seed)
+            return self.net(list(images), self.net_targets(targets))
+
+    def metric_inputs(
+        self, detections: Sequence[dict[str, torch.Tensor]], targets: Sequence[dict[str, Any]]
+    ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, Any]]]:
+        """Detections and targets in ``MaskAP``'s format (boolean masks, (N, H, W))."""
+        preds = []
+        for det in detections:
+            masks = det["masks"]
+            if masks.ndim == 4:
+                masks = masks[:, 0]
+            preds.append(
+                {
+                    "boxes": det["boxes"],
+                    "scores": det["scores"],
+                    "labels": det["labels"],
+                    "masks": masks >= self.mask_threshold,
+                }
+            )
+        gts = []
+        for t in targets:
+            gts.append(
+                {
+                    "boxes": t["boxes"],
+                    "labels": t["labels"],
+                    "masks": t["masks"].bool(),
+                    "iscrowd": t.get("iscrowd", torch.zeros_like(t["labels"])),
+                    "area": t.get("area", t["masks"].flatten(1).sum(1).float()),
+                    "image_id": int(t.get("image_id", 0)),
+                }
+            )
+        return preds, gts
+
+    def _eval_step(self, batch: tuple[list, list], stage: str) -> None:
+        images, targets = list(batch[0]), list(batch[1])
+        detections = self.net(images)
+        getattr(self, f"{stage}_ap").update(*self.metric_inputs(detections, targets))
+        if self.val_losses:
+            losses = self.eval_losses(images, targets)
+            meters = getattr(self, f"{stage}_loss")
+            for key, value in losses.items():
+                if key in meters:
+                    meters[key].update(value, weight=len(images))
+            meters["loss"].update(sum(losses.values()), weight=len(images))
+
+    def validation_step(self, batch: tuple[list, list], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[list, list], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: tuple[list, Any], batch_idx: int) -> list[dict[str, Any]]:
+        return self.net(list(batch[0]))
+
+    def _log_epoch(self, stage: str) -> None:
+        metric = getattr(self, f"{stage}_ap")
+        values = metric.compute()
+        metric.reset()
+        logs = {}
+        for iou_type in ("bbox", "segm"):
+            for key in _AP_KEYS:
+                logs[f"{stage}/{key}_{iou_type}"] = values[f"{iou_type}_{key}"].float()
+        if self.val_losses:
+            # Computed on every rank (each compute is a collective), even one that saw no image.
+            for key, meter in getattr(self, f"{stage}_loss").items():
+                logs[f"{stage}/{key}"] = meter.compute()
+                meter.reset()
+        # Metrics were synced by torchmetrics already: identical on every rank.
+        main = logs.pop(f"{stage}/map_segm")
+        self.log_dict(logs, prog_bar=False, sync_dist=False, rank_zero_only=False)
+        self.log(f"{stage}/map_segm", main, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_fn is None:
+            raise ValueError("no optimizer configured: set the `optimizer` config group")
+        optimizer = self.optimizer_fn(params=[p for p in self.parameters() if p.requires_grad])
+        scheduler_fn = self.scheduler_fn
+        if scheduler_fn is None:
+            return optimizer
+        if isinstance(scheduler_fn, functools.partial):
+            for key in ("total_iters", "T_max"):
+                if key in scheduler_fn.keywords and scheduler_fn.keywords[key] is None:
+                    steps = max(int(self.trainer.estimated_stepping_batches), 1)
+                    scheduler_fn = functools.partial(scheduler_fn, **{key: steps})
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler_fn(optimizer), "interval": "step"},
+        }

@@ -1,0 +1,87 @@
+"""model=maskrcnn data=coco under DDP: 2 CPU processes report the single-process mask AP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from coco_tree import write_shapes_tree
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = [
+    "model.net.backbone=resnet18",
+    "model.net.min_size=64",
+    "model.net.max_size=64",
+    "model.net.rpn_pre_nms_top_n_train=200",
+    "model.net.rpn_post_nms_top_n_train=100",
+    "model.net.rpn_pre_nms_top_n_test=100",
+    "model.net.rpn_post_nms_top_n_test=50",
+    "model.net.rpn_batch_size_per_image=64",
+    "model.net.box_batch_size_per_image=64",
+    "model.net.box_detections_per_img=20",
+    # a barely trained net: keep its low-score detections and faint masks so AP is not 0
+    "optimizer.lr=0.0003",
+    "model.net.box_score_thresh=0.0",
+    "model.mask_threshold=0.02",
+]
+
+
+def run_cli(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "src" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+@pytest.mark.slow
+def test_ddp_cpu_mask_ap_equals_single_process(tmp_path):
+    data = tmp_path / "coco"
+    write_shapes_tree(data, counts={"train": 4, "val": 5})  # 5: ranks get 3 and 2 images
+    files = "{train: {images: train, annotations: train.json}, val: {images: val, annotations: val.json}}"
+    logs = tmp_path / "logs"
+    result = run_cli(
+        "train.py",
+        "model=maskrcnn",
+        "data=coco",
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        f"data.data_dir={data}",
+        f"data.split_files={files}",
+        "data.class_names=null",
+        "data.num_classes=2",
+        "data.num_workers=0",
+        "data.batch_size=1",
+        "callbacks.rich_progress_bar=null",
+        f"paths.log_dir={logs}",
+        *SMALL,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (logs / "train" / "runs").iterdir()
+    trained = json.loads((run / "metrics.json").read_text())
+    ddp = trained["val"]  # the best checkpoint validated by 2 processes
+    assert trained["best_checkpoint"]
+
+    result = run_cli(
+        "eval.py",
+        f"ckpt_path={trained['best_checkpoint']}",
+        "trainer=cpu",
+        f"paths.log_dir={logs}/cpu",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (logs / "cpu" / "eval" / "runs").iterdir()
+    single = json.loads((run / "metrics.json").read_text())["val"]
+
+    assert single.keys() == ddp.keys() and "val/map_segm" in single
+    assert single["val/map_segm"] > 0 and single["val/map_50_bbox"] > 0
+    for key, value in single.items():
+        if "/ma" in key:  # map_*, mar_*: exact
+            assert ddp[key] == pytest.approx(value, abs=1e-6), key
+        else:  # losses: means over the same images, summed in another order
+            assert ddp[key] == pytest.approx(value, rel=1e-4), key
