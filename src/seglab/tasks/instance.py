@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -15,6 +14,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 from torchmetrics.detection import MeanAveragePrecision
+
+from seglab.tasks.optim import configure_optimizers
 
 __all__ = ["LOSS_KEYS", "InstanceSegmentationTask", "MaskAP", "loss_mode"]
 
@@ -297,18 +298,4 @@ class InstanceSegmentationTask(L.LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self) -> Any:
-        if self.optimizer_fn is None:
-            raise ValueError("no optimizer configured: set the `optimizer` config group")
-        optimizer = self.optimizer_fn(params=[p for p in self.parameters() if p.requires_grad])
-        scheduler_fn = self.scheduler_fn
-        if scheduler_fn is None:
-            return optimizer
-        if isinstance(scheduler_fn, functools.partial):
-            for key in ("total_iters", "T_max"):
-                if key in scheduler_fn.keywords and scheduler_fn.keywords[key] is None:
-                    steps = max(int(self.trainer.estimated_stepping_batches), 1)
-                    scheduler_fn = functools.partial(scheduler_fn, **{key: steps})
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler_fn(optimizer), "interval": "step"},
-        }
+        return configure_optimizers(self, self.optimizer_fn, self.scheduler_fn)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +16,7 @@ from seglab.losses import pixel_cross_entropy
 from seglab.metrics.rand_error import RandError
 from seglab.metrics.semantic import SemanticMetrics
 from seglab.models.unet import center_crop
+from seglab.tasks.optim import configure_optimizers
 
 __all__ = ["SemanticSegmentationTask"]
 
@@ -240,18 +240,4 @@ class SemanticSegmentationTask(L.LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self) -> Any:
-        if self.optimizer_fn is None:
-            raise ValueError("no optimizer configured: set the `optimizer` config group")
-        optimizer = self.optimizer_fn(params=[p for p in self.parameters() if p.requires_grad])
-        scheduler_fn = self.scheduler_fn
-        if scheduler_fn is None:
-            return optimizer
-        if isinstance(scheduler_fn, functools.partial):
-            for key in ("total_iters", "T_max"):
-                if key in scheduler_fn.keywords and scheduler_fn.keywords[key] is None:
-                    steps = max(int(self.trainer.estimated_stepping_batches), 1)
-                    scheduler_fn = functools.partial(scheduler_fn, **{key: steps})
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler_fn(optimizer), "interval": "step"},
-        }
+        return configure_optimizers(self, self.optimizer_fn, self.scheduler_fn)
