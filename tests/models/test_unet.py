@@ -65,3 +65,13 @@ def test_gradients_reach_first_layer():
     net = UNet(base_channels=4, depth=2, padding=True)
     net(torch.randn(2, 1, 20, 24)).sum().backward()
     assert net.encoder[0][0].weight.grad.abs().sum() > 0
+
+
+def test_paper_initialisation():
+    torch.manual_seed(0)
+    net = UNet()
+    conv = net.encoder[2][0]  # 3x3, 128 -> 256: N = 128 * 9
+    assert conv.weight.std().item() == pytest.approx((2 / (128 * 9)) ** 0.5, rel=0.01)
+    up = net.upconvs[0]  # 2x2 stride 2, 1024 -> 512: one tap per output pixel, N = 1024
+    assert up.weight.std().item() == pytest.approx((2 / 1024) ** 0.5, rel=0.01)
+    assert all(m.bias.abs().max() == 0 for m in net.modules() if isinstance(m, torch.nn.Conv2d))

@@ -35,7 +35,9 @@ class UNet(nn.Module):
 
     With the defaults this is exactly the paper's network: unpadded 3x3 convolutions, 2x2 max
     pooling, 2x2 up-convolutions halving the channels, crop-and-concatenate skips and a final 1x1
-    convolution; 1x572x572 maps to 2x388x388 with 31,030,658 parameters. Each option below departs
+    convolution; 1x572x572 maps to 2x388x388 with 31,030,658 parameters. Weights are initialised
+    as in the paper (Gaussian with standard deviation sqrt(2 / N), N = inputs of one unit: He
+    initialisation, fan-in), biases at zero. Each option below departs
     from the paper only when set:
 
     - ``padding=True``: padded convolutions, output size = input size (needs H and W to be
@@ -89,6 +91,31 @@ class UNet(nn.Module):
             c_cat = 2 * w_low if skip == "concat" else w_low
             self.decoder.append(UNetConvBlock(c_cat, w_low, padding=pad, batch_norm=batch_norm))
         self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The paper's initialisation: N(0, 2 / N) weights, N = inputs of one unit; zero biases.
+
+        A convolution unit sees in_channels x k x k inputs; a 2x2 stride-2 up-convolution unit sees
+        in_channels x (k / stride)^2 = in_channels (each output pixel meets one kernel tap).
+        """
+        for module in self.modules():
+            if isinstance(module, nn.ConvTranspose2d):
+                kh, kw = module.kernel_size
+                sh, sw = module.stride
+                fan = module.in_channels * max(kh // sh, 1) * max(kw // sw, 1)
+            elif isinstance(module, nn.Conv2d):
+                fan = (
+                    module.in_channels
+                    // module.groups
+                    * module.kernel_size[0]
+                    * module.kernel_size[1]
+                )
+            else:
+                continue
+            nn.init.normal_(module.weight, std=(2.0 / fan) ** 0.5)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     def output_size(self, size: int) -> int:
         """Output side length for an input side length (raises if the size is not valid)."""
