@@ -202,7 +202,7 @@ def test_errors_name_the_folder_or_file(tmp_path):
     with pytest.raises(ValueError, match="data.val_fraction"):
         DSB2018DataModule(data_dir=str(tmp_path), val_fraction=1.0)
     with pytest.raises(ValueError, match="data.task"):
-        DSB2018DataModule(data_dir=str(tmp_path), task="instance")
+        DSB2018DataModule(data_dir=str(tmp_path), task="panoptic")
     with pytest.raises(ValueError, match="data.num_classes=3"):
         DSB2018DataModule(data_dir=str(tmp_path), num_classes=3)
 
