@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from seglab.models import UNet
 from seglab.tasks.semantic import SemanticSegmentationTask
 
-BATCH, CLASSES, SIZE, STEPS, ROUNDS, WARMUP = 16, 6, 64, 30, 3, 3
+BATCH, CLASSES, SIZE, STEPS, ROUNDS, WARMUP = 16, 6, 64, 30, 5, 3
 
 
 def make_net() -> torch.nn.Module:
