@@ -75,9 +75,9 @@ def plain_steps(batch: dict[str, torch.Tensor]) -> list[float]:
     opt = optimizer(net.parameters())
     times = []
     start = time.perf_counter()
-    for step, batch in enumerate(fixed_loader(batch)):
-        logits = net(batch["image"])
-        loss = F.cross_entropy(logits, batch["mask"], ignore_index=255)
+    for step, item in enumerate(fixed_loader(batch)):
+        logits = net(item["image"])
+        loss = F.cross_entropy(logits, item["mask"], ignore_index=255)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

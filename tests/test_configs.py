@@ -99,7 +99,9 @@ def test_paths_point_at_data_root(compose_cfg, monkeypatch):
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_experiment_options_instantiate(compose_cfg, experiment):
-    cfg = compose_cfg(overrides=[f"experiment={experiment}", "trainer.accelerator=cpu"], quick=False)
+    cfg = compose_cfg(
+        overrides=[f"experiment={experiment}", "trainer.accelerator=cpu"], quick=False
+    )
     dm = build_datamodule(cfg.data)
     task = build_task(cfg, dm)
     assert task.num_classes == dm.num_classes

@@ -38,7 +38,11 @@ def test_fast_dev_run(compose_cfg, model):
     if model == "unet":
         overrides.append("data.image_size=188")  # smallest input of the unpadded paper U-Net
     if model == "maskrcnn":  # ResNet-50-FPN at 800 px takes ~15 s a step on 2 cores
-        overrides += ["model.net.backbone=resnet18", "model.net.min_size=64", "model.net.max_size=64"]
+        overrides += [
+            "model.net.backbone=resnet18",
+            "model.net.min_size=64",
+            "model.net.max_size=64",
+        ]
     metrics, objects = train(compose_cfg(overrides=overrides))
     assert np.isfinite(metrics["fit"]["train/loss"])
     if objects["cfg"].model.task == "instance":
@@ -204,9 +208,7 @@ def test_ddp_cpu_one_run_folder_and_exact_eval(tmp_path):
 
 
 def test_median_frequency_class_weights_reach_the_loss(compose_cfg):
-    cfg = compose_cfg(
-        overrides=["debug=fast_dev_run", "model.loss.class_weights=median_frequency"]
-    )
+    cfg = compose_cfg(overrides=["debug=fast_dev_run", "model.loss.class_weights=median_frequency"])
     _, objects = train(cfg)
     expected = objects["datamodule"].median_frequency_weights()
     assert objects["model"].class_weights.tolist() == pytest.approx(expected)

@@ -108,7 +108,9 @@ def predict(cfg: DictConfig) -> tuple[list[Path], dict[str, Any]]:
                 f"inference.mode={mode}: the net maps {tuple(x.shape[-2:])} to "
                 f"{tuple(logits.shape[-2:])}; use inference.mode=overlap_tile for unpadded nets"
             )
-        labels = logits.max(dim=1).indices[0].to(torch.uint8 if logits.shape[1] <= 256 else torch.int32)
+        labels = (
+            logits.max(dim=1).indices[0].to(torch.uint8 if logits.shape[1] <= 256 else torch.int32)
+        )
         labels = labels.cpu().numpy()
         mask = Image.fromarray(labels, mode="P" if labels.dtype == np.uint8 else None)
         if mask.mode == "P":
