@@ -24,6 +24,7 @@ __all__ = [
     "SegmentationDataModule",
     "SemanticDataset",
     "UnpaddedDistributedSampler",
+    "declare_weight_target",
     "default_palette",
     "list_collate",
     "median_frequency_weights",
@@ -45,6 +46,14 @@ def default_palette(num_colours: int) -> list[list[int]]:
             c >>= 3
         palette.append([r, g, b])
     return palette
+
+
+def declare_weight_target(transform: Callable[..., dict[str, Any]] | None) -> None:
+    """Declare ``weight`` (the per-pixel loss weight map) as a mask target of an albumentations
+    pipeline, in place: albumentations passes undeclared targets through untouched, which would
+    leave the map unaligned with the augmented image and mask. Other callables are left alone."""
+    if transform is not None and hasattr(transform, "add_targets"):
+        transform.add_targets({"weight": "mask"})
 
 
 def median_frequency_weights(counts: np.ndarray, image_counts: np.ndarray) -> np.ndarray:
@@ -302,6 +311,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.train_transforms = train_transforms
         self.eval_transforms = eval_transforms
+        if task == "semantic":
+            for transform in (train_transforms, eval_transforms):
+                declare_weight_target(transform)
         self.data_dir = data_dir
         self.extra_metrics = tuple(extra_metrics)
         self.datasets: dict[str, Dataset] = {}

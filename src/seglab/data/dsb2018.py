@@ -22,7 +22,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from seglab.data.base import InstanceDataset, SegmentationDataModule, SemanticDataset, list_collate
-from seglab.data.isbi import declare_weight_target
 from seglab.data.weight_maps import unet_weight_map
 
 __all__ = [
@@ -318,9 +317,6 @@ class DSB2018DataModule(SegmentationDataModule):
         self.split_seed = split_seed
         self.weight_map = weight_map
         self.w0, self.sigma, self.w_c = w0, sigma, w_c
-        if weight_map:
-            declare_weight_target(self.train_transforms)
-            declare_weight_target(self.eval_transforms)
         self._split: dict[str, list[str]] | None = None
 
     def split_ids(self) -> dict[str, list[str]]:

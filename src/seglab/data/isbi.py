@@ -16,7 +16,7 @@ default ``ignore_index``; any other label value raises a ``ValueError`` naming t
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,6 @@ __all__ = [
     "ISBI2012Dataset",
     "ISBILayout",
     "ISBISlice",
-    "declare_weight_target",
     "find_isbi_layout",
     "read_isbi_label",
 ]
@@ -48,16 +47,6 @@ LAYOUTS = ("auto", "png", "tif")
 _TIF_FILES = {"train": "train-volume.tif", "label": "train-labels.tif", "test": "test-volume.tif"}
 _SLICE_NAME = re.compile(r"^(\d+)\.png$")
 _GREY_MODES = ("L", "P", "LA", "RGB", "RGBA", "1")
-
-
-def declare_weight_target(transform: Callable[..., dict[str, Any]] | None) -> None:
-    """Declare ``weight`` as a mask-type target of an albumentations pipeline (in place).
-
-    albumentations passes undeclared keyword targets through untouched, which would leave the
-    weight map unaligned with the augmented image and mask; other callables are left alone.
-    """
-    if transform is not None and hasattr(transform, "add_targets"):
-        transform.add_targets({"weight": "mask"})
 
 
 @dataclass(frozen=True)
@@ -347,9 +336,6 @@ class ISBI2012DataModule(SegmentationDataModule):
         self.val_slices = [int(i) for i in val_slices]
         self.weight_map = weight_map
         self.w0, self.sigma, self.w_c = w0, sigma, w_c
-        if weight_map:
-            declare_weight_target(self.train_transforms)
-            declare_weight_target(self.eval_transforms)
         self._layout: ISBILayout | None = None
 
     @property
