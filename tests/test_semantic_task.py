@@ -70,6 +70,24 @@ def test_semantic_metrics_by_hand():
     ].item() == pytest.approx(1 / 3)
 
 
+def test_semantic_metrics_counts_equal_torchmetrics():
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    gen = torch.Generator().manual_seed(0)
+    ours, ref = SemanticMetrics(5, ignore_index=255), MulticlassConfusionMatrix(5, ignore_index=255)
+    for _ in range(3):
+        logits = torch.randn(2, 5, 7, 9, generator=gen)
+        target = torch.randint(0, 5, (2, 7, 9), generator=gen)
+        target[torch.rand(2, 7, 9, generator=gen) < 0.2] = 255
+        ours.update(logits, target)
+        ref.update(logits.argmax(1), target)
+    assert ref.confmat.sum() > 0
+    assert torch.equal(ours.confmat, ref.confmat)
+    no_ignore = SemanticMetrics(5, ignore_index=None)
+    no_ignore.update(torch.tensor([[0, 4, 4]]), torch.tensor([[0, 4, 1]]))
+    assert no_ignore.confmat.sum() == 3 and no_ignore.confmat[1, 4] == 1
+
+
 def make_task(**loss):
     net = UNet(in_channels=1, num_classes=3, base_channels=4, depth=2)
     return SemanticSegmentationTask(net=net, num_classes=3, ignore_index=255, loss=loss)

@@ -31,14 +31,18 @@ def pixel_cross_entropy(
         class_weights: (K,) or None.
         pixel_weights: (N, H, W) or None.
     """
-    per_pixel = F.cross_entropy(
-        logits, target, weight=class_weights, ignore_index=ignore_index, reduction="none"
-    )
     valid = target != ignore_index
     if class_weights is not None:
         normaliser = class_weights[target.clamp(0, logits.shape[1] - 1)][valid].sum()
     else:
-        normaliser = valid.sum().to(per_pixel.dtype)
-    if pixel_weights is not None:
-        per_pixel = per_pixel * pixel_weights
-    return per_pixel.sum(), normaliser
+        normaliser = valid.sum().to(logits.dtype)
+    if pixel_weights is None:
+        # PyTorch's own sum reduction: cheaper than summing a per-pixel map (forward and backward).
+        total = F.cross_entropy(
+            logits, target, weight=class_weights, ignore_index=ignore_index, reduction="sum"
+        )
+        return total, normaliser
+    per_pixel = F.cross_entropy(
+        logits, target, weight=class_weights, ignore_index=ignore_index, reduction="none"
+    )
+    return (per_pixel * pixel_weights).sum(), normaliser
