@@ -207,6 +207,26 @@ def test_ddp_cpu_one_run_folder_and_exact_eval(tmp_path):
         assert scores["ddp_cpu"][key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
 
 
+def test_last_checkpoint_is_the_last_epoch(compose_cfg):
+    # lr 0 and no batch norm: every epoch scores the same, so only epoch 0 is ever "best".
+    # last.ckpt must still hold the final epoch (Lightning 2.6's save_last would keep epoch 0).
+    cfg = compose_cfg(
+        overrides=[
+            "trainer.max_epochs=3",
+            "optimizer.lr=0.0",
+            "model.net.batch_norm=false",
+            "callbacks.early_stopping=null",
+        ]
+    )
+    metrics, objects = train(cfg)
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    best = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert best["epoch"] == 0 and last["epoch"] == 2
+    assert last["global_step"] == objects["trainer"].global_step
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+
+
 def test_median_frequency_class_weights_reach_the_loss(compose_cfg):
     cfg = compose_cfg(overrides=["debug=fast_dev_run", "model.loss.class_weights=median_frequency"])
     _, objects = train(cfg)

@@ -6,11 +6,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from seglab.utils.checkpoint import config_from_checkpoint
+from seglab.utils.checkpoint import config_from_checkpoint, load_weights
 from seglab.utils.instantiate import build_datamodule, build_list, build_task, build_trainer
-from seglab.utils.io import write_json
+from seglab.utils.io import move_aside, write_json
 
 __all__ = ["evaluate"]
 
@@ -22,21 +23,30 @@ _SPLITS = ("val", "test")
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score ``cfg.ckpt_path`` on ``cfg.split`` (``val`` or ``test``).
 
-    Returns ``(metrics, objects)``; metrics are also written to ``metrics.json`` in the run folder.
+    The weights are loaded here, not through Lightning's ``ckpt_path``: an evaluation needs no
+    training callbacks, and the file is read once. Returns ``(metrics, objects)``; metrics are
+    also written to ``metrics.json`` in the run folder (an earlier run's file there is moved
+    aside first, so a failed evaluation leaves none that looks like its own).
     """
     if cfg.get("split") not in _SPLITS:
         raise ValueError(f"split={cfg.get('split')!r}: expected one of {list(_SPLITS)}")
-    run_cfg, _ = config_from_checkpoint(cfg)
+    run_cfg, checkpoint = config_from_checkpoint(cfg)
     if cfg.get("inference"):
         OmegaConf.update(run_cfg, "model.inference", cfg.inference, force_add=True)
     datamodule = build_datamodule(run_cfg.data)
     model = build_task(run_cfg, datamodule)
+    load_weights(model, checkpoint, f"ckpt_path={str(cfg.ckpt_path)!r}")
+    del checkpoint
+    metrics_path = Path(cfg.paths.output_dir) / "metrics.json"
+    if rank_zero_only.rank == 0:
+        move_aside(metrics_path)
     trainer = build_trainer(
         run_cfg, logger=build_list(cfg.get("logger"), "logger") or False, callbacks=[]
     )
     run = trainer.validate if cfg.split == "val" else trainer.test
-    results = run(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)[0]
+    results = run(model, datamodule=datamodule)[0]
     metrics = {cfg.split: results, "ckpt_path": str(cfg.ckpt_path)}
     if trainer.is_global_zero:
-        write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+        write_json(metrics_path, metrics)
+        log.info("metrics written to %s", metrics_path)
     return metrics, {"cfg": run_cfg, "datamodule": datamodule, "model": model, "trainer": trainer}

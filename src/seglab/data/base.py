@@ -11,16 +11,19 @@ A semantic sample after ``SemanticDataset.__getitem__`` is a dict::
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 __all__ = [
     "InstanceDataset",
+    "PairedSemanticDataset",
     "SegmentationDataModule",
     "SemanticDataset",
     "UnpaddedDistributedSampler",
@@ -28,6 +31,7 @@ __all__ = [
     "default_palette",
     "list_collate",
     "median_frequency_weights",
+    "read_rgb_image",
 ]
 
 TASKS = ("semantic", "instance", "panoptic")
@@ -143,6 +147,60 @@ class SemanticDataset(Dataset):
         if weight is not None:
             item["weight"] = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
         return item
+
+
+def read_rgb_image(path: str | Path, dataset: str) -> np.ndarray:
+    """An image file as RGB uint8 (H, W, 3): grey, palette, CMYK and RGBA are converted.
+
+    Raises:
+        ValueError: the file cannot be read, naming ``dataset`` and the file.
+    """
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB"), dtype=np.uint8)
+    except OSError as err:
+        raise ValueError(f"{dataset} image {path} could not be read ({err})") from err
+
+
+class PairedSemanticDataset(SemanticDataset):
+    """A semantic view read from ``(image file, label file)`` pairs.
+
+    ``read_label(path, ignore_index=...)`` turns one label file into the mask (classes and
+    ``ignore_index``); images are read as RGB. ``name`` is the image file.
+
+    Args:
+        pairs: ``(image, label)`` paths.
+        read_label: the dataset's label decoder.
+        dataset: the dataset's name, for error messages.
+        **kwargs: ``SemanticDataset``'s arguments.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Path, Path]],
+        read_label: Callable[..., np.ndarray],
+        *,
+        dataset: str,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.pairs = list(pairs)
+        self.read_label = read_label
+        self.dataset_name = dataset
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load_mask(self, index: int) -> np.ndarray:
+        path = self.pairs[index][1]
+        mask = self.read_label(path, ignore_index=self.ignore_index)
+        self.check_mask(mask, str(path))
+        return mask
+
+    def load_sample(self, index: int) -> dict[str, Any]:
+        image_path = self.pairs[index][0]
+        image = read_rgb_image(image_path, self.dataset_name)
+        return {"image": image, "mask": self.load_mask(index), "name": str(image_path)}
 
 
 def list_collate(batch: list[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
@@ -292,6 +350,11 @@ class SegmentationDataModule(L.LightningDataModule):
                 f"data.mean / data.std have {len(mean)} / {len(std)} entries but "
                 f"data.in_channels={in_channels}"
             )
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"data.{key}={value!r}: expected a positive integer")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers={num_workers}: expected 0 or more")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(
                 f"data.class_names has {len(class_names)} names but data.num_classes={num_classes}"
@@ -317,6 +380,26 @@ class SegmentationDataModule(L.LightningDataModule):
         self.data_dir = data_dir
         self.extra_metrics = tuple(extra_metrics)
         self.datasets: dict[str, Dataset] = {}
+
+    def check_fixed_view(self, name: str, num_classes: int, crop_size: int | None = None) -> None:
+        """For datasets with one semantic RGB view and a fixed class set (``data=<name>``):
+        ``task``, ``num_classes``, ``in_channels``, ``ignore_index`` and ``crop_size`` checked
+        against it, each error naming its config key."""
+        if self.task != "semantic":
+            raise ValueError(f"data.task={self.task!r}: data={name} has only a semantic view")
+        if self.num_classes != num_classes:
+            raise ValueError(
+                f"data.num_classes={self.num_classes} but data={name} has {num_classes} classes"
+            )
+        if self.in_channels != 3:
+            raise ValueError(f"data.in_channels={self.in_channels} but data={name} images are RGB")
+        if 0 <= self.ignore_index < num_classes:
+            raise ValueError(
+                f"data.ignore_index={self.ignore_index} collides with the classes "
+                f"0..{num_classes - 1}: expected a value outside them"
+            )
+        if crop_size is not None and crop_size < 1:
+            raise ValueError(f"data.crop_size={crop_size}: expected a positive crop side")
 
     def build_dataset(self, split: str) -> Dataset:
         raise NotImplementedError

@@ -90,8 +90,9 @@ class SemanticSegmentationTask(L.LightningModule):
         self.train_metrics = SemanticMetrics(num_classes, ignore_index)
         self.val_metrics = SemanticMetrics(num_classes, ignore_index)
         self.test_metrics = SemanticMetrics(num_classes, ignore_index)
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
+        # float64 sums: the dataset mean does not depend on batch or DDP rank order
+        self.val_loss = MeanMetric().set_dtype(torch.float64)
+        self.test_loss = MeanMetric().set_dtype(torch.float64)
         unknown = set(extra_metrics) - {"pixel_error", "rand_error"}
         if unknown:
             raise ValueError(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["build_datamodule", "build_list", "build_task", "build_trainer", "saved_config"]
@@ -36,11 +38,49 @@ def build_task(
     for key in ("optimizer", "scheduler"):
         node = cfg.get(key)
         extra[key] = hydra.utils.instantiate(node) if node else None
+    if extra["optimizer"] is not None:
+        _check_optimizer(extra["optimizer"], cfg.optimizer)
     if datamodule is not None and getattr(datamodule, "class_names", None):
         extra["class_names"] = list(datamodule.class_names)
     if datamodule is not None and getattr(datamodule, "extra_metrics", None):
         extra["extra_metrics"] = list(datamodule.extra_metrics)
     return hydra.utils.instantiate(model_cfg, **extra, _convert_="all")
+
+
+# words of torch.optim's argument checks -> the optimizer key they are about
+_OPTIMIZER_KEYS = {
+    "learning rate": "lr",
+    "weight_decay": "weight_decay",
+    "beta": "betas",
+    "epsilon": "eps",
+    "momentum": "momentum",
+    "dampening": "dampening",
+    "nesterov": "nesterov",
+}
+_UNEXPECTED_ARGUMENT = re.compile(r"unexpected keyword argument '(\w+)'")
+
+
+def _check_optimizer(optimizer: Callable[..., torch.optim.Optimizer], node: DictConfig) -> None:
+    """Build the optimizer once on a dummy CPU parameter, so that a setting torch refuses (a
+    negative ``lr``, an unknown argument) fails here naming its key, not at the start of fitting.
+
+    Other errors of the dummy build (device-specific flags such as ``fused``) are left for the
+    real build to raise."""
+    try:
+        optimizer([torch.nn.Parameter(torch.zeros(1))])
+    except (TypeError, ValueError) as err:
+        target = node.get("_target_", "the optimizer")
+        if match := _UNEXPECTED_ARGUMENT.search(str(err)):
+            raise ValueError(
+                f"optimizer.{match.group(1)}: {target} takes no such argument ({err}); expected "
+                f"only arguments of {target}"
+            ) from err
+        key = next((k for words, k in _OPTIMIZER_KEYS.items() if words in str(err)), None)
+        if key is not None and key in node:
+            raise ValueError(
+                f"optimizer.{key}={node[key]!r}: {target} refuses it ({err}); expected a value "
+                f"{target} accepts"
+            ) from err
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:

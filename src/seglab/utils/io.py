@@ -3,25 +3,52 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "load_checkpoint", "to_builtin", "write_json"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "load_checkpoint",
+    "move_aside",
+    "to_builtin",
+    "write_json",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a plain ``open(path, "w")`` would give: the old file's, else 0o666 less umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``."""
+    """Write ``data`` to a temporary file beside ``path``, flush it to disk and rename it over
+    ``path``: readers see the old file or the new one, never a part of either."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder; expected a file path to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), _file_mode(path))  # mkstemp makes it 0o600
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -34,7 +61,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def to_builtin(value: Any) -> Any:
-    """Tensors and numpy scalars to floats / lists; NaN to None (JSON has no NaN)."""
+    """Tensors and numpy scalars to floats / lists; NaN and infinities to None (JSON has none)."""
     if isinstance(value, torch.Tensor):
         value = value.tolist() if value.numel() > 1 else value.item()
     if isinstance(value, dict):
@@ -43,21 +70,67 @@ def to_builtin(value: Any) -> Any:
         return [to_builtin(v) for v in value]
     if hasattr(value, "item"):
         value = value.item()
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(to_builtin(data), indent=2, sort_keys=True) + "\n")
+    """Write ``data`` as strict JSON, atomically; nothing is touched if it does not serialise."""
+    text = json.dumps(to_builtin(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    atomic_write_text(path, text)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint on the CPU, with a clear error when it is missing or broken."""
+def move_aside(path: str | Path) -> Path | None:
+    """Rename an existing ``path`` to ``<stem>.before-<its mtime><suffix>`` beside it.
+
+    A run reusing a folder calls this on its result files before it starts, so that a failure
+    cannot leave an earlier run's file looking like this run's, and nothing is deleted.
+    Returns the new path, or None when ``path`` did not exist.
+    """
     path = Path(path)
+    if not path.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+    target = path.with_name(f"{path.stem}.before-{stamp}{path.suffix}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.stem}.before-{stamp}-{n}{path.suffix}")
+        n += 1
+    os.replace(path, target)
+    log.warning("%s is from an earlier run in this folder: moved to %s", path, target.name)
+    return target
+
+
+def load_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> dict[str, Any]:
+    """Load a Lightning checkpoint on the CPU, with an error naming ``key`` and the file when it
+    is missing, a folder, empty, truncated, not a checkpoint or without a ``state_dict``."""
+    expected = "expected a .ckpt file written by seglab's train (checkpoints/last.ckpt or the best)"
+    if path is None or str(path) == "":
+        raise ValueError(f"{key} is not set; {expected}")
+    path = Path(path).expanduser()
+    where = f"{key}={str(path)!r}"
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.ckpt"))[:5]
+        hint = f" (it holds {', '.join(found)})" if found else ""
+        raise IsADirectoryError(f"{where}: is a folder{hint}; {expected}")
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(path)!r}: no such checkpoint file")
+        raise FileNotFoundError(f"{where}: no such checkpoint file; {expected}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{where}: the file is empty (0 bytes); {expected}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise ValueError(f"ckpt_path={str(path)!r}: not a readable checkpoint ({err})") from err
+        reason = str(err).split(". ")[0]  # torch's zip-reader errors run on for several lines
+        raise ValueError(
+            f"{where}: not a readable checkpoint, truncated or corrupt ({type(err).__name__}: "
+            f"{reason}); {expected}"
+        ) from err
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        what = (
+            f"a dict with the keys {sorted(map(str, checkpoint))[:8]}"
+            if isinstance(checkpoint, dict)
+            else f"a {type(checkpoint).__name__}"
+        )
+        raise ValueError(f"{where}: holds {what}, no 'state_dict' of weights; {expected}")
+    return checkpoint
