@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import require_data
 from PIL import Image
 
@@ -175,6 +176,41 @@ def test_synthetic_layout_modes_and_overlaps(tmp_path):
             assert item["image"].shape == (3, 20, 30) and item["weight"].shape == (20, 30)
     with pytest.raises(ValueError, match="split='test'"):
         dm.dataset("test")
+
+
+@pytest.mark.parametrize("task", ["semantic", "instance"])
+def test_mask_files_are_read_once_with_the_cache(tmp_path, monkeypatch, task):
+    import seglab.data.dsb2018 as dsb
+
+    root = tmp_path / "stage1_train"
+    a = np.zeros((20, 30), np.uint8)
+    a[2:6, 2:6] = 255
+    b = np.zeros((20, 30), np.uint8)
+    b[5:9, 5:12] = 255
+    grey = np.arange(600, dtype=np.uint8).reshape(20, 30)
+    _write_id(root, "one", grey, [a, b])
+    _write_id(root, "two", grey[::-1].copy(), [b])
+    reads = []
+    real = dsb.load_dsb2018_instances
+    monkeypatch.setattr(
+        dsb, "load_dsb2018_instances", lambda *args: reads.append(args[1]) or real(*args)
+    )
+    outputs = {}
+    for cache in (True, False):
+        reads.clear()
+        dm = DSB2018DataModule(
+            data_dir=str(tmp_path), val_fraction=0.0, cache_masks=cache, task=task
+        )
+        train_set = dm.dataset("train")
+        epochs = [[train_set[i] for i in range(len(train_set))] for _ in range(3)]
+        assert sorted(reads) == (["one", "two"] if cache else ["one"] * 3 + ["two"] * 3)
+        outputs[cache] = epochs
+    for cached, uncached in zip(outputs[True], outputs[False]):
+        for x, y in zip(cached, uncached):
+            if task == "semantic":
+                assert torch.equal(x["mask"], y["mask"]) and torch.equal(x["image"], y["image"])
+            else:
+                assert torch.equal(x[1]["masks"], y[1]["masks"]) and x[1]["masks"].shape[0] > 0
 
 
 def test_errors_name_the_folder_or_file(tmp_path):

@@ -28,6 +28,7 @@ __all__ = [
     "DSB2018DataModule",
     "DSB2018InstanceDataset",
     "DSB2018SemanticDataset",
+    "InstanceMaps",
     "list_dsb2018_ids",
     "load_dsb2018",
     "load_dsb2018_image",
@@ -142,6 +143,27 @@ def split_dsb2018_ids(
     return {"train": train, "val": val}
 
 
+class InstanceMaps:
+    """Instance-id maps of one stage folder by image id, composed from the mask files on first
+    request and, with ``cache``, kept in memory (uint16 when the count fits: 2 bytes per pixel;
+    each data loader worker keeps its own), so later epochs read only the image file."""
+
+    def __init__(self, folder: str | Path, cache: bool = True) -> None:
+        self.folder = Path(folder)
+        self.cache = cache
+        self._maps: dict[str, np.ndarray] = {}
+
+    def __call__(self, image_id: str, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """The int32 instance-id map (H, W) of ``image_id`` (see ``load_dsb2018_instances``)."""
+        stored = self._maps.get(image_id)
+        if stored is not None:
+            return stored.astype(np.int32)
+        ids = load_dsb2018_instances(self.folder, image_id, shape)
+        if self.cache:
+            self._maps[image_id] = ids.astype(np.uint16) if ids.max() < 2**16 else ids
+        return ids
+
+
 class DSB2018SemanticDataset(SemanticDataset):
     """Semantic view of DSB 2018 ids: nucleus (1) vs background (0).
 
@@ -155,6 +177,7 @@ class DSB2018SemanticDataset(SemanticDataset):
         ids: the image ids of this split.
         weight_map, w0, sigma, w_c: as for ``unet_weight_map`` (``w_c`` is its
             ``class_weights``: None, ``"balanced"`` or ``(background_weight, nucleus_weight)``).
+        cache_masks: keep each image's instance-id map in memory (see ``InstanceMaps``).
         **kwargs: ``SemanticDataset``'s arguments.
     """
 
@@ -163,6 +186,7 @@ class DSB2018SemanticDataset(SemanticDataset):
         folder: str | Path,
         ids: Sequence[str],
         *,
+        cache_masks: bool = True,
         weight_map: bool = False,
         w0: float = 10.0,
         sigma: float = 5.0,
@@ -172,6 +196,7 @@ class DSB2018SemanticDataset(SemanticDataset):
         super().__init__(**kwargs)
         self.folder = Path(folder)
         self.ids = list(ids)
+        self.instance_maps = InstanceMaps(self.folder, cache_masks)
         self.weight_map = weight_map
         self.w0, self.sigma, self.w_c = w0, sigma, w_c
         self._weights: dict[str, np.ndarray] = {}
@@ -181,7 +206,7 @@ class DSB2018SemanticDataset(SemanticDataset):
 
     def load_instances(self, index: int) -> np.ndarray:
         """The instance-id map (H, W) int32 of sample ``index``."""
-        return load_dsb2018_instances(self.folder, self.ids[index])
+        return self.instance_maps(self.ids[index])
 
     def load_mask(self, index: int) -> np.ndarray:
         return (self.load_instances(index) > 0).astype(np.uint8)
@@ -197,7 +222,8 @@ class DSB2018SemanticDataset(SemanticDataset):
 
     def load_sample(self, index: int) -> dict[str, Any]:
         image_id = self.ids[index]
-        image, instances = load_dsb2018(self.folder, image_id)
+        image = load_dsb2018_image(self.folder, image_id)
+        instances = self.instance_maps(image_id, image.shape[:2])
         sample = {
             "image": image,
             "mask": (instances > 0).astype(np.uint8),
@@ -215,20 +241,25 @@ class DSB2018InstanceDataset(InstanceDataset):
     Args:
         folder: the stage folder (``.../stage1_train``).
         ids: the image ids of this split.
+        cache_masks: keep each image's instance-id map in memory (see ``InstanceMaps``).
         **kwargs: ``InstanceDataset``'s arguments.
     """
 
-    def __init__(self, folder: str | Path, ids: Sequence[str], **kwargs: Any) -> None:
+    def __init__(
+        self, folder: str | Path, ids: Sequence[str], *, cache_masks: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.folder = Path(folder)
         self.ids = list(ids)
+        self.instance_maps = InstanceMaps(self.folder, cache_masks)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def load_instances(self, index: int) -> dict[str, Any]:
         image_id = self.ids[index]
-        image, instances = load_dsb2018(self.folder, image_id)
+        image = load_dsb2018_image(self.folder, image_id)
+        instances = self.instance_maps(image_id, image.shape[:2])
         count = int(instances.max())
         masks = instances[None] == np.arange(1, count + 1, dtype=np.int32)[:, None, None]
         return {
@@ -257,6 +288,8 @@ class DSB2018DataModule(SegmentationDataModule):
         crop_size: side of the square train tiles, read by the yaml's train pipeline
             (``PadIfNeeded`` + ``RandomCrop``: one size, so that images batch) and available to
             tiling inference; None: not set.
+        cache_masks: keep each image's composed instance-id map in memory after its first read
+            (the mask files are read once, not every epoch).
         weight_map, w0, sigma, w_c: U-Net weight maps (see ``DSB2018SemanticDataset``).
         **kwargs: ``SegmentationDataModule``'s arguments.
     """
@@ -271,6 +304,7 @@ class DSB2018DataModule(SegmentationDataModule):
         val_fraction: float = 0.2,
         split_seed: int = 0,
         crop_size: int | None = None,
+        cache_masks: bool = True,
         weight_map: bool = False,
         w0: float = 10.0,
         sigma: float = 5.0,
@@ -313,6 +347,7 @@ class DSB2018DataModule(SegmentationDataModule):
             raise ValueError(f"data.crop_size={crop_size}: expected a positive tile side")
         self.folder = Path(data_dir).expanduser() / train_folder
         self.crop_size = crop_size
+        self.cache_masks = cache_masks
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.weight_map = weight_map
@@ -333,12 +368,14 @@ class DSB2018DataModule(SegmentationDataModule):
             return DSB2018InstanceDataset(
                 self.folder,
                 self.split_ids()[split],
+                cache_masks=self.cache_masks,
                 num_classes=self.num_classes,
                 transform=self.train_transforms if split == "train" else self.eval_transforms,
             )
         return DSB2018SemanticDataset(
             self.folder,
             self.split_ids()[split],
+            cache_masks=self.cache_masks,
             weight_map=self.weight_map,
             w0=self.w0,
             sigma=self.sigma,
