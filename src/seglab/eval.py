@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from seglab.utils.checkpoint import config_from_checkpoint, load_weights
 from seglab.utils.instantiate import build_datamodule, build_list, build_task, build_trainer
 from seglab.utils.io import move_aside, write_json
+from seglab.utils.memory import tune_malloc
 
 __all__ = ["evaluate"]
 
@@ -28,6 +29,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     also written to ``metrics.json`` in the run folder (an earlier run's file there is moved
     aside first, so a failed evaluation leaves none that looks like its own).
     """
+    if cfg.get("malloc_tuning"):
+        tune_malloc()
     if cfg.get("split") not in _SPLITS:
         raise ValueError(f"split={cfg.get('split')!r}: expected one of {list(_SPLITS)}")
     run_cfg, checkpoint = config_from_checkpoint(cfg)

@@ -16,6 +16,7 @@ from rich.progress import track
 from seglab.utils.checkpoint import config_from_checkpoint, load_weights
 from seglab.utils.instantiate import build_datamodule, build_task
 from seglab.utils.io import atomic_write_bytes
+from seglab.utils.memory import tune_malloc
 
 __all__ = ["IMAGE_SUFFIXES", "find_images", "predict"]
 
@@ -132,6 +133,8 @@ def predict(cfg: DictConfig) -> tuple[list[Path], dict[str, Any]]:
 
     Returns the written paths and the objects built.
     """
+    if cfg.get("malloc_tuning"):
+        tune_malloc()
     from seglab.inference import predict_logits
 
     run_cfg, checkpoint = config_from_checkpoint(cfg)

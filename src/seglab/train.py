@@ -21,6 +21,7 @@ from seglab.utils.instantiate import (
     saved_config,
 )
 from seglab.utils.io import load_checkpoint, move_aside, write_json
+from seglab.utils.memory import tune_malloc
 
 __all__ = ["train"]
 
@@ -44,6 +45,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         ``(metrics, objects)``: the final metrics (also written to ``metrics.json`` in the run
         folder) and the objects built (``cfg``, ``datamodule``, ``model``, ``trainer``).
     """
+    if cfg.get("malloc_tuning"):
+        tune_malloc()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
