@@ -10,6 +10,7 @@ A semantic sample after ``SemanticDataset.__getitem__`` is a dict::
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
 __all__ = [
     "InstanceDataset",
@@ -32,6 +33,7 @@ __all__ = [
     "list_collate",
     "median_frequency_weights",
     "read_rgb_image",
+    "seed_transform",
 ]
 
 TASKS = ("semantic", "instance", "panoptic")
@@ -201,6 +203,25 @@ class PairedSemanticDataset(SemanticDataset):
         image_path = self.pairs[index][0]
         image = read_rgb_image(image_path, self.dataset_name)
         return {"image": image, "mask": self.load_mask(index), "name": str(image_path)}
+
+
+def seed_transform(transform: Any, seed: int) -> None:
+    """Seed an albumentations pipeline, which keeps its own random state and ignores the global
+    seeds (``seed_everything`` alone leaves augmentation, hence training, unreproducible)."""
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed % 2**32)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: numpy, ``random`` and the dataset's augmentation pipeline
+    seeded from the worker's torch seed, which torch derives from the run's seed, the worker id
+    and the epoch, so that workers differ from each other and runs repeat."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    info = get_worker_info()
+    if info is not None:
+        seed_transform(getattr(info.dataset, "transform", None), seed)
 
 
 def list_collate(batch: list[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
@@ -418,7 +439,11 @@ class SegmentationDataModule(L.LightningDataModule):
         if split not in self.splits:
             raise ValueError(f"split={split!r}: this dataset has the splits {list(self.splits)}")
         if split not in self.datasets:
-            self.datasets[split] = self.build_dataset(split)
+            dataset = self.build_dataset(split)
+            # Main-process loading: augmentation follows the run's seed, one stream per rank.
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            seed_transform(getattr(dataset, "transform", None), torch.initial_seed() + rank)
+            self.datasets[split] = dataset
         return self.datasets[split]
 
     def setup(self, stage: str | None = None) -> None:
@@ -444,6 +469,7 @@ class SegmentationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker if self.num_workers > 0 else None,
             collate_fn=self.collate_fn,
         )
 
