@@ -89,7 +89,8 @@ class SemanticDataset(Dataset):
     """Base of every semantic view: subclasses implement ``__len__`` and ``load_sample``.
 
     ``load_sample(i)`` returns ``{"image": uint8 (H, W, C), "mask": int (H, W), "name": str}`` and
-    optionally ``"weight": float32 (H, W)``. This class validates the mask against ``num_classes``
+    optionally ``"weight": float32 (H, W)`` and ``"mask_file": str`` (the label file, named in
+    mask errors instead of ``name``). This class validates the mask against ``num_classes``
     and ``ignore_index`` (raising ``ValueError`` naming the sample), applies the albumentations
     pipeline (the weight map travels as a mask target), normalises and converts to tensors.
     """
@@ -134,7 +135,7 @@ class SemanticDataset(Dataset):
             raise ValueError(
                 f"sample '{name}': mask shape {mask.shape} differs from image shape {image.shape[:2]}"
             )
-        self.check_mask(mask, name)
+        self.check_mask(mask, sample.get("mask_file", name))
         weight = sample.get("weight")
         if self.transform is not None:
             extra = {} if weight is None else {"weight": weight}
@@ -194,15 +195,20 @@ class PairedSemanticDataset(SemanticDataset):
         return len(self.pairs)
 
     def load_mask(self, index: int) -> np.ndarray:
+        """The checked mask of sample ``index`` (for statistics; ``__getitem__`` checks its own)."""
         path = self.pairs[index][1]
         mask = self.read_label(path, ignore_index=self.ignore_index)
         self.check_mask(mask, str(path))
         return mask
 
     def load_sample(self, index: int) -> dict[str, Any]:
-        image_path = self.pairs[index][0]
-        image = read_rgb_image(image_path, self.dataset_name)
-        return {"image": image, "mask": self.load_mask(index), "name": str(image_path)}
+        image_path, label_path = self.pairs[index]
+        return {
+            "image": read_rgb_image(image_path, self.dataset_name),
+            "mask": self.read_label(label_path, ignore_index=self.ignore_index),
+            "name": str(image_path),
+            "mask_file": str(label_path),
+        }
 
 
 def seed_transform(transform: Any, seed: int) -> None:
