@@ -1,78 +1,31 @@
-"""Shared fixtures: composing the project's configs in-process, and the real sample data root.
+"""Shared fixtures: composing the project's configs in-process and the real sample data root.
 
-Tests that need the sample datasets use the ``data_root`` fixture. Without the data they skip
-with a reason; with ``SEGLAB_REQUIRE_DATA=1`` (set by ``.ci/run``) a missing dataset fails instead.
+Tests that need the sample datasets use the ``data_root`` fixture (or ``support.require_data``).
+Without the data they skip with a reason; with ``SEGLAB_REQUIRE_DATA=1`` (set by ``.ci/run``) a
+missing dataset fails instead. The small Mask R-CNN of the instance tests is in
+``tests/instance/conftest.py``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+from support import compose_config, require_data
 
 import seglab  # noqa: F401  (registers the config resolvers)
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-
-def require_data(*parts: str) -> Path:
-    """Path of a sample dataset under ``$SEGLAB_DATA_DIR``; skip (or fail in CI) when absent."""
-    root = os.environ.get("SEGLAB_DATA_DIR")
-    folder = Path(root, *parts) if root else None
-    if folder is None or not folder.exists():
-        reason = (
-            f"sample data {'/'.join(parts)!r} not found under SEGLAB_DATA_DIR={root!r} "
-            "(see ../shared/data/README.md)"
-        )
-        if os.environ.get("SEGLAB_REQUIRE_DATA") == "1":
-            pytest.fail(f"SEGLAB_REQUIRE_DATA=1 but {reason}")
-        pytest.skip(reason)
-    return folder
 
 
 @pytest.fixture
 def data_root() -> Path:
     """``$SEGLAB_DATA_DIR`` as a Path (skips, or fails under SEGLAB_REQUIRE_DATA=1, if unset)."""
     return require_data()
-
-
-QUICK_TRAIN = [
-    "trainer.accelerator=cpu",
-    "trainer.max_epochs=1",
-    "data.num_samples={train: 8, val: 5, test: 3}",
-    "data.image_size=32",
-    "data.batch_size=4",
-    "logger=csv",
-]
-
-
-def compose_config(
-    name: str, overrides: list[str] | None, output_dir: Path, quick: bool = True
-) -> DictConfig:
-    """Compose ``conf/<name>.yaml`` with outputs under ``output_dir`` and the Hydra context set.
-
-    ``quick`` (train only) starts from a small, fast, single-process CPU setting.
-    """
-    GlobalHydra.instance().clear()
-    base = [f"paths.output_dir={output_dir}", f"paths.log_dir={output_dir}/logs"]
-    if quick and name == "train":
-        base += QUICK_TRAIN
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose(name, overrides=base + list(overrides or []), return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
 
 
 @pytest.fixture

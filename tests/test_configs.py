@@ -1,20 +1,46 @@
 """Every option of every config group composes with train.yaml and instantiates."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import hydra
+import lightning as L
 import pytest
 import torch
-from hydra.errors import MissingConfigException
+from hydra.errors import InstantiationException, MissingConfigException
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import OmegaConf
+from torch import nn
 
+from seglab.tasks.instance import InstanceSegmentationTask
+from seglab.tasks.optim import configure_optimizers
+from seglab.tasks.semantic import SemanticSegmentationTask
 from seglab.utils.instantiate import build_datamodule, build_list, build_task
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
+TASKS = {"semantic": SemanticSegmentationTask, "instance": InstanceSegmentationTask}
+
+
 def options(group: str) -> list[str]:
+    """The options of a config group: its yaml files (not those of sub-folders, such as the
+    shared bases under conf/model/base/)."""
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_semantic_models_share_one_base(compose_cfg):
+    base = OmegaConf.load(CONF / "model" / "base" / "semantic.yaml")
+    semantic = [m for m in options("model") if m != "maskrcnn"]
+    assert len(semantic) == 9
+    for model in semantic:
+        assert "base/semantic@_here_" in OmegaConf.load(CONF / "model" / f"{model}.yaml").defaults
+        cfg = compose_cfg(overrides=[f"model={model}"], quick=False)
+        assert cfg.model._target_ == base._target_ and cfg.model.task == "semantic"
+        assert set(cfg.model.loss) == {"reduction", "class_weights", "aux_weight"}
+    assert compose_cfg(overrides=["model=pspnet"]).model.loss.aux_weight == 0.4
+    assert compose_cfg(overrides=["model=unet"]).model.loss.aux_weight == 0.0
 
 
 @pytest.mark.parametrize("model", options("model"))
@@ -22,8 +48,9 @@ def test_model_options_instantiate(compose_cfg, model):
     cfg = compose_cfg(overrides=[f"model={model}"])
     dm = build_datamodule(cfg.data)
     task = build_task(cfg, dm)
-    assert task.net is not None and task.num_classes == cfg.data.num_classes == dm.num_classes
-    assert cfg.data.task == cfg.model.task in ("semantic", "instance")
+    assert task.num_classes == dm.num_classes and task.class_names == list(dm.class_names)
+    assert isinstance(task, TASKS[cfg.model.task])
+    assert type(task.net).__name__ == cfg.model.net._target_.rsplit(".", 1)[-1]
 
 
 @pytest.mark.parametrize("data", options("data"))
@@ -39,16 +66,17 @@ def test_data_options_instantiate(compose_cfg, data):
 @pytest.mark.parametrize("trainer", options("trainer"))
 def test_trainer_options(compose_cfg, trainer):
     cfg = compose_cfg(overrides=[f"trainer={trainer}"], quick=False)
-    needs_gpu = cfg.trainer.accelerator == "gpu"
-    if needs_gpu and not torch.cuda.is_available():
-        assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(InstantiationException, match="(?i)gpu"):
+            hydra.utils.instantiate(cfg.trainer)
         return
-    if trainer == "ddp_cpu":
-        assert cfg.trainer.devices == 2
-        assert cfg.trainer.strategy.process_group_backend == "gloo"
     # Instantiating a multi-process trainer only builds objects; no process is started.
     t = hydra.utils.instantiate(cfg.trainer)
     assert t.max_epochs == cfg.trainer.max_epochs
+    if trainer == "ddp_cpu":
+        assert isinstance(t.accelerator, CPUAccelerator) and t.num_devices == 2
+        assert isinstance(t.strategy, DDPStrategy)
+        assert t.strategy.process_group_backend == "gloo"
 
 
 @pytest.mark.parametrize("logger", options("logger"))
@@ -69,19 +97,34 @@ def test_other_groups(compose_cfg, group):
     for option in options(group):
         cfg = compose_cfg(overrides=[f"{group}={option}"])
         if group == "callbacks":
-            assert all(c is not None for c in build_list(cfg.callbacks, "callbacks"))
+            assert all(isinstance(c, L.Callback) for c in build_list(cfg.callbacks, "callbacks"))
         elif group in ("optimizer", "scheduler") and cfg.get(group):
-            fn = hydra.utils.instantiate(cfg[group])
-            assert callable(fn)
+            optimizer_fn = hydra.utils.instantiate(cfg.optimizer)
+            scheduler_fn = hydra.utils.instantiate(cfg.scheduler) if cfg.scheduler else None
+            module = SimpleNamespace(
+                parameters=lambda: [nn.Parameter(torch.zeros(1))],
+                trainer=SimpleNamespace(estimated_stepping_batches=10),
+            )
+            out = configure_optimizers(module, optimizer_fn, scheduler_fn)
+            if scheduler_fn is None:
+                assert isinstance(out, torch.optim.Optimizer)
+            else:
+                scheduler = out["lr_scheduler"]["scheduler"]
+                assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
+                # a schedule length left as null is the run's number of optimizer steps
+                for key in ("total_iters", "T_max"):
+                    if cfg.scheduler.get(key, 0) is None:
+                        assert getattr(scheduler, key) == 10
         elif group == "debug":
-            assert cfg.trainer.accelerator == "cpu" and cfg.trainer.devices == 1
+            t = hydra.utils.instantiate(cfg.trainer)
+            assert isinstance(t.accelerator, CPUAccelerator) and t.num_devices == 1
 
 
 def test_eval_and_predict_compose(compose_cfg):
     cfg = compose_cfg("eval", overrides=["ckpt_path=x.ckpt"])
     assert cfg.split == "val" and cfg.get("model") is None
     cfg = compose_cfg("predict", overrides=["ckpt_path=x.ckpt", "input=a", "output=b"])
-    assert cfg.inference.mode == "whole"
+    assert cfg.inference.mode is None  # null: the checkpoint model's configured inference
 
 
 def test_unknown_option_lists_choices(compose_cfg):
@@ -114,8 +157,9 @@ def test_unet_isbi_is_the_papers_setting(compose_cfg):
     net = cfg.model.net
     assert (net.base_channels, net.depth, net.padding, net.batch_norm) == (64, 4, False, False)
     assert cfg.data.crop_size == 572 and cfg.data.batch_size == 1
-    assert cfg.optimizer.momentum == 0.99 and cfg.model.loss.weight_map and cfg.data.weight_map
-    assert cfg.data.w0 == 10 and cfg.data.sigma == 5
+    assert cfg.optimizer.momentum == 0.99 and cfg.data.weight_map
+    assert cfg.data.weight_map.w0 == 10 and cfg.data.weight_map.sigma == 5
+    assert "weight_map" not in cfg.model.loss  # one switch: the data's weight map
     assert cfg.model.inference.mode == "overlap_tile"
     names = [t._target_.rsplit(".", 1)[-1] for t in cfg.data.train_transforms.transforms]
     assert "ElasticDeformation" in names

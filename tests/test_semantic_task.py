@@ -7,6 +7,7 @@ from seglab.data.base import SemanticDataset
 from seglab.losses import pixel_cross_entropy
 from seglab.metrics.semantic import SemanticMetrics
 from seglab.models import UNet
+from seglab.tasks.base import crop_to
 from seglab.tasks.semantic import SemanticSegmentationTask
 
 
@@ -94,7 +95,7 @@ def make_task(**loss):
 
 
 def test_unpadded_net_crops_target_and_weight():
-    task = make_task(weight_map=True)
+    task = make_task()
     x = torch.randn(1, 1, 60, 60)
     out_size = task.net.output_size(60)
     mask = torch.randint(0, 3, (1, 60, 60))
@@ -110,6 +111,13 @@ def test_unpadded_net_crops_target_and_weight():
     assert torch.allclose(loss, expected, rtol=1e-4)
 
 
+def test_crop_to_floors_the_offset_of_odd_differences():
+    x = torch.arange(7 * 9).view(1, 7, 9)
+    # (7 - 4) // 2 = 1 and (9 - 4) // 2 = 2 (torchvision's center_crop would start at row 2)
+    assert torch.equal(crop_to(x, (4, 4)), x[:, 1:5, 2:6])
+    assert torch.equal(crop_to(x, (7, 9)), x)
+
+
 def test_loss_config_errors():
     with pytest.raises(ValueError, match="model.loss.reduction"):
         make_task(reduction="median")
@@ -117,11 +125,50 @@ def test_loss_config_errors():
         make_task(weights=[1, 2, 3])
     with pytest.raises(ValueError, match="model.loss.class_weights has 2 entries"):
         make_task(class_weights=[1.0, 2.0])
-    with pytest.raises(ValueError, match="weight_map=true but the batch has no 'weight'"):
-        make_task(weight_map=True).training_step(
-            {"image": torch.randn(1, 1, 60, 60), "mask": torch.zeros(1, 60, 60, dtype=torch.long)},
-            0,
-        )
+    with pytest.raises(ValueError, match=r"valid: \['aux_weight', 'class_weights', 'reduction'\]"):
+        make_task(weights=[1, 2, 3])
+
+
+def test_weight_map_is_used_whenever_the_batch_has_one():
+    torch.manual_seed(0)
+    task = SemanticSegmentationTask(net=torch.nn.Conv2d(1, 3, 1), num_classes=3)
+    batch = {"image": torch.randn(2, 1, 8, 8), "mask": torch.randint(0, 3, (2, 8, 8))}
+    plain = task.training_step(batch, 0)
+    weight = torch.rand(2, 8, 8)
+    weighted = task.training_step({**batch, "weight": weight}, 0)
+    per_pixel = F.cross_entropy(task.net(batch["image"]), batch["mask"], reduction="none")
+    assert torch.allclose(plain, per_pixel.mean())
+    assert torch.allclose(weighted, (per_pixel * weight).mean())
+    # Checkpoints of the old two-switch design carry model.loss.weight_map: accepted, ignored.
+    legacy = SemanticSegmentationTask(
+        net=task.net, num_classes=3, loss={"weight_map": False, "reduction": "mean"}
+    )
+    assert torch.allclose(legacy.training_step({**batch, "weight": weight}, 0), weighted)
+
+
+def test_predict_step_gives_class_indices_at_the_input_size():
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, num_classes=3, base_channels=4, depth=2, padding=True).eval()
+    task = SemanticSegmentationTask(net=net, num_classes=3).eval()
+    image = torch.randn(2, 1, 12, 20)
+    with torch.no_grad():
+        labels = task.predict_step({"image": image}, 0)
+        expected = net(image).argmax(dim=1)
+    assert labels.dtype == torch.int64 and labels.shape == (2, 12, 20)
+    assert torch.equal(labels, expected)
+
+
+def test_predict_step_refuses_an_output_smaller_than_the_input():
+    task = make_task().eval()
+    with (
+        pytest.raises(ValueError, match="model.inference.mode='whole'.*overlap_tile"),
+        torch.no_grad(),
+    ):
+        task.predict_step({"image": torch.randn(1, 1, 60, 60)}, 0)
+    task.inference = {"mode": "overlap_tile", "tile_size": 60}
+    with torch.no_grad():
+        labels = task.predict_step({"image": torch.randn(1, 1, 60, 60)}, 0)
+    assert labels.shape == (1, 60, 60) and labels.dtype == torch.int64
 
 
 def test_aux_loss_is_weighted():

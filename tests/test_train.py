@@ -10,8 +10,8 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
 from PIL import Image
+from support import compose_config
 
 from seglab.data.base import seed_worker
 from seglab.eval import evaluate

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from seglab.inference import configure_inference
 from seglab.utils.checkpoint import config_from_checkpoint, load_weights
 from seglab.utils.instantiate import build_datamodule, build_list, build_task, build_trainer
 from seglab.utils.io import move_aside, write_json
@@ -25,7 +26,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score ``cfg.ckpt_path`` on ``cfg.split`` (``val`` or ``test``).
 
     The weights are loaded here, not through Lightning's ``ckpt_path``: an evaluation needs no
-    training callbacks, and the file is read once. Returns ``(metrics, objects)``; metrics are
+    training callbacks, and the file is read once. The inference is the checkpoint model's, with
+    ``inference.*`` over it (``seglab.inference.configure_inference``, as in predict). Returns ``(metrics, objects)``; metrics are
     also written to ``metrics.json`` in the run folder (an earlier run's file there is moved
     aside first, so a failed evaluation leaves none that looks like its own).
     """
@@ -34,8 +36,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("split") not in _SPLITS:
         raise ValueError(f"split={cfg.get('split')!r}: expected one of {list(_SPLITS)}")
     run_cfg, checkpoint = config_from_checkpoint(cfg)
-    if cfg.get("inference"):
-        OmegaConf.update(run_cfg, "model.inference", cfg.inference, force_add=True)
+    configure_inference(run_cfg, cfg.get("inference"))
     datamodule = build_datamodule(run_cfg.data)
     model = build_task(run_cfg, datamodule)
     load_weights(model, checkpoint, f"ckpt_path={str(cfg.ckpt_path)!r}")

@@ -5,6 +5,7 @@ at the input's size, runs without gradients and leaves the model's train/eval mo
 ``model.eval()`` first). A model may return plain logits or a mapping with the logits under
 ``"out"`` (torchvision's segmentation models do). Written by hand because neither torch nor
 Lightning tiles inference, and the overlap-tile stitching depends on the U-Net's pooling grid.
+``configure_inference`` chooses the mode and options eval and predict run a checkpoint with.
 """
 
 from __future__ import annotations
@@ -12,11 +13,20 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-__all__ = ["mirror_pad", "overlap_tile", "predict_logits", "sliding_window", "whole"]
+__all__ = [
+    "configure_inference",
+    "mirror_pad",
+    "overlap_tile",
+    "predict_logits",
+    "sliding_window",
+    "whole",
+]
 
 
 def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
@@ -249,20 +259,23 @@ _MODES: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+def _keyword_options(mode: str) -> dict[str, inspect.Parameter]:
+    if mode not in _MODES:
+        raise ValueError(f"inference mode={mode!r}: expected one of {sorted(_MODES)}")
+    return {
+        name: p
+        for name, p in inspect.signature(_MODES[mode]).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
 def predict_logits(
     model: nn.Module, image: torch.Tensor, mode: str = "whole", **options: object
 ) -> torch.Tensor:
     """Logits ``(N, K, H, W)`` for ``image`` ``(N, C, H, W)`` by ``mode``: ``"whole"`` (one pass),
     ``"slide"`` (``sliding_window``: ``crop_size``, ``stride``, ``num_classes``, ``batch_size``) or
     ``"overlap_tile"`` (``overlap_tile``: ``tile_size``, ``step``, ``batch_size``)."""
-    if mode not in _MODES:
-        raise ValueError(f"inference mode={mode!r}: expected one of {sorted(_MODES)}")
-    function = _MODES[mode]
-    parameters = {
-        name: p
-        for name, p in inspect.signature(function).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
+    parameters = _keyword_options(mode)
     unknown = sorted(set(options) - set(parameters))
     if unknown:
         raise ValueError(
@@ -274,4 +287,50 @@ def predict_logits(
     )
     if missing:
         raise ValueError(f"inference mode={mode!r} needs option(s) {missing}")
-    return function(model, image, **options)
+    return _MODES[mode](model, image, **options)
+
+
+def configure_inference(run_cfg: DictConfig, override: Mapping[str, Any] | None) -> None:
+    """Set ``run_cfg.model.inference`` for eval and predict: the model's configured inference
+    (what the checkpoint stores; whole-image when it stores none) with the keys ``override``
+    sets (``inference.mode=overlap_tile inference.tile_size=572`` or ``inference={mode: ...}``
+    on the command line; null keys are unset) over it. A new ``mode`` starts from the override
+    alone, as the configured options belong to the configured mode. ``num_classes``, which
+    ``slide`` needs, is ``model.num_classes`` unless set.
+
+    Raises:
+        ValueError: naming ``inference.<key>`` when the mode is unknown, an option is not one of
+            the mode's or a required one is missing, or when an override is given for a model
+            without inference settings (instance checkpoints).
+    """
+    given = {k: v for k, v in (override or {}).items() if v is not None}
+    if OmegaConf.select(run_cfg, "model.task") != "semantic":
+        if given:
+            raise ValueError(
+                f"inference.{next(iter(given))}: model.task="
+                f"{OmegaConf.select(run_cfg, 'model.task')!r} has no inference settings; they "
+                "apply to semantic checkpoints"
+            )
+        return
+    configured = OmegaConf.select(run_cfg, "model.inference", default=None)
+    settings = dict(OmegaConf.to_container(configured, resolve=True) if configured else {})
+    settings.setdefault("mode", "whole")
+    if given.get("mode", settings["mode"]) != settings["mode"]:
+        settings = {}
+    settings.update(given)
+    mode = settings.get("mode", "whole")
+    if mode not in _MODES:
+        raise ValueError(f"inference.mode={mode!r}: expected one of {sorted(_MODES)}")
+    parameters = _keyword_options(mode)
+    if "num_classes" in parameters and "num_classes" not in settings:
+        settings["num_classes"] = OmegaConf.select(run_cfg, "model.num_classes")
+    for key in settings:
+        if key != "mode" and key not in parameters:
+            raise ValueError(
+                f"inference.{key}: inference.mode={mode} takes no such option; it takes "
+                f"{sorted(parameters) or 'none'}"
+            )
+    for key, p in parameters.items():
+        if p.default is p.empty and settings.get(key) is None:
+            raise ValueError(f"inference.mode={mode} needs inference.{key}")
+    OmegaConf.update(run_cfg, "model.inference", settings, merge=False, force_add=True)

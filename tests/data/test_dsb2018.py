@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import require_data
 from PIL import Image
+from support import require_data
 
 from seglab.data.dsb2018 import (
     DSB2018DataModule,
@@ -87,11 +87,10 @@ def test_real_weight_maps(dsb_dir):
     dm = DSB2018DataModule(data_dir=str(dsb_dir), weight_map=True)
     train_set = dm.dataset("train")
     index = train_set.ids.index(CROWDED)
-    sample = train_set.load_sample(index)
     _, instances = load_dsb2018(dm.folder, CROWDED)
-    np.testing.assert_array_equal(sample["mask"], instances > 0)
-    weight = sample["weight"]
-    assert train_set.load_sample(index)["weight"] is weight  # computed once, cached
+    np.testing.assert_array_equal(train_set.load_mask(index), instances > 0)
+    weight = train_set.load_weight(index)
+    assert train_set.load_weight(index) is weight  # computed once, cached
     np.testing.assert_array_equal(weight, unet_weight_map(instances, class_weights="balanced"))
     w_c = unet_weight_map(instances, w0=0.0, class_weights="balanced")
     background = instances == 0
@@ -262,7 +261,6 @@ def test_fast_dev_run(compose_cfg, dsb_dir):
         # the data path is under test, not the net: a slim one keeps the run short
         "model.net.base_channels=8",
         "data.weight_map=true",
-        "model.loss.weight_map=true",
         f"data.data_dir={dsb_dir}",
     ]
     metrics, _ = train(compose_cfg(overrides=overrides, quick=False))

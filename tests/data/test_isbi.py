@@ -5,8 +5,8 @@ from pathlib import Path
 import albumentations as A
 import numpy as np
 import pytest
-from conftest import require_data
 from PIL import Image
+from support import require_data
 
 from seglab.data.isbi import ISBI2012DataModule, find_isbi_layout
 from seglab.data.transforms import ElasticDeformation
@@ -100,9 +100,8 @@ def test_real_batches_and_weight_maps(isbi_dir):
     assert batch["weight"].shape == (2, 512, 512) and batch["weight"].dtype.is_floating_point
 
     train = dm.dataset("train")
-    sample = train.load_sample(0)
-    weight, mask = sample["weight"], sample["mask"]
-    assert train.load_sample(0)["weight"] is weight  # computed once, cached
+    weight, mask = train.load_weight(0), train.load_mask(0)
+    assert train.load_weight(0) is weight  # computed once, cached
     cells = connected_components(mask, foreground=1, connectivity=4)
     np.testing.assert_array_equal(weight, unet_weight_map(cells, class_weights="balanced"))
     w_c = unet_weight_map(cells, w0=0.0, class_weights="balanced")
@@ -137,7 +136,7 @@ def test_tiff_stacks(tmp_path):
     np.testing.assert_array_equal(sample["image"][..., 0], images[5])
     np.testing.assert_array_equal(sample["mask"], labels[5] // 255)
     assert sample["name"] == f"{tmp_path / 'train-volume.tif'}[page 5]"
-    assert sample["weight"].shape == (32, 32)
+    assert val.load_weight(1).shape == (32, 32) and val[1]["weight"].shape == (32, 32)
     assert test[3]["image"].shape == (1, 32, 32) and (test[3]["mask"] == 255).all()
 
     # Both layouts present: auto prefers the PNG slices, layout=tif picks the stacks.
@@ -245,7 +244,7 @@ def test_fast_dev_run(compose_cfg, isbi_dir, weighted):
         f"data.data_dir={isbi_dir}",
     ]
     if weighted:
-        overrides += ["data.weight_map=true", "model.loss.weight_map=true"]
+        overrides += ["data.weight_map={_target_: seglab.data.weight_maps.UNetWeightMap, w0: 5}"]
     metrics, _ = train(compose_cfg(overrides=overrides, quick=False))
     assert np.isfinite(metrics["fit"]["train/loss"])
     assert 0.0 <= metrics["val"]["val/pixel_acc"] <= 1.0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from coco_tree import write_edge_case_tree
-from conftest import require_data
+from support import require_data
 
 from seglab.data.coco import CocoDataModule, annotation_mask, read_coco
 from seglab.utils.instantiate import build_datamodule

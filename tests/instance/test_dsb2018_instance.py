@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import require_data
 from PIL import Image
+from support import require_data
 
 from seglab.data.dsb2018 import DSB2018DataModule, load_dsb2018
 from seglab.train import train

@@ -10,22 +10,6 @@ import pytest
 from coco_tree import write_shapes_tree
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = [
-    "model.net.backbone=resnet18",
-    "model.net.min_size=64",
-    "model.net.max_size=64",
-    "model.net.rpn_pre_nms_top_n_train=200",
-    "model.net.rpn_post_nms_top_n_train=100",
-    "model.net.rpn_pre_nms_top_n_test=100",
-    "model.net.rpn_post_nms_top_n_test=50",
-    "model.net.rpn_batch_size_per_image=64",
-    "model.net.box_batch_size_per_image=64",
-    "model.net.box_detections_per_img=20",
-    # a barely trained net: keep its low-score detections and faint masks so AP is not 0
-    "optimizer.lr=0.0003",
-    "model.net.box_score_thresh=0.0",
-    "model.mask_threshold=0.02",
-]
 
 
 def run_cli(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -41,7 +25,9 @@ def run_cli(script: str, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_ddp_cpu_mask_ap_equals_single_process(tmp_path):
+def test_ddp_cpu_mask_ap_equals_single_process(
+    tmp_path, small_maskrcnn_overrides, untrained_but_scored
+):
     data = tmp_path / "coco"
     write_shapes_tree(data, counts={"train": 4, "val": 5})  # 5: ranks get 3 and 2 images
     files = "{train: {images: train, annotations: train.json}, val: {images: val, annotations: val.json}}"
@@ -60,7 +46,8 @@ def test_ddp_cpu_mask_ap_equals_single_process(tmp_path):
         "data.batch_size=1",
         "callbacks.rich_progress_bar=null",
         f"paths.log_dir={logs}",
-        *SMALL,
+        *small_maskrcnn_overrides,
+        *untrained_but_scored,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = (logs / "train" / "runs").iterdir()

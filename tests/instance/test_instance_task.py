@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -14,32 +15,14 @@ from torch import nn
 
 from seglab.data.coco import CocoDataModule
 from seglab.eval import evaluate
-from seglab.export import coco_results, detections_to_coco
+from seglab.export import detections_to_coco
+from seglab.metrics import MaskAP
 from seglab.models import MaskRCNN
 from seglab.predict import predict
-from seglab.tasks.instance import InstanceSegmentationTask, MaskAP, loss_mode
+from seglab.tasks.instance import InstanceSegmentationTask, loss_mode
 from seglab.train import train
 from seglab.utils.instantiate import build_datamodule, build_task
 
-SMALL = {
-    "min_size": 64,
-    "max_size": 64,
-    "rpn_pre_nms_top_n_train": 200,
-    "rpn_post_nms_top_n_train": 100,
-    "rpn_pre_nms_top_n_test": 100,
-    "rpn_post_nms_top_n_test": 50,
-    "rpn_batch_size_per_image": 64,
-    "box_batch_size_per_image": 64,
-    "box_detections_per_img": 20,
-}
-SMALL_OVERRIDES = ["model.net.backbone=resnet18"] + [f"model.net.{k}={v}" for k, v in SMALL.items()]
-# A net trained for a step or two scores objects far below the paper's thresholds: keep its
-# detections (scores > 0) and its faint masks, so that AP is not trivially 0.
-UNTRAINED_BUT_SCORED = [
-    "optimizer.lr=0.0003",
-    "model.net.box_score_thresh=0.0",
-    "model.mask_threshold=0.02",
-]
 STATS = (
     "map",
     "map_50",
@@ -56,19 +39,17 @@ STATS = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads contend badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_task(num_classes: int = 3) -> InstanceSegmentationTask:
-    torch.manual_seed(0)
-    net = MaskRCNN(num_classes=num_classes, backbone="resnet18", **SMALL)
-    return InstanceSegmentationTask(net=net, num_classes=num_classes)
+@pytest.fixture
+def tiny_task(small_maskrcnn) -> Callable[..., InstanceSegmentationTask]:
+    def build(num_classes: int = 3) -> InstanceSegmentationTask:
+        torch.manual_seed(0)
+        net = MaskRCNN(num_classes=num_classes, backbone="resnet18", **small_maskrcnn)
+        return InstanceSegmentationTask(net=net, num_classes=num_classes)
+
+    return build
 
 
 def coco_module(root, task="instance", **kwargs) -> CocoDataModule:
@@ -102,7 +83,7 @@ def edge_tree(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
-def test_training_step_keeps_crowd_out_of_the_losses():
+def test_training_step_keeps_crowd_out_of_the_losses(tiny_task):
     task = tiny_task()
     masks = torch.zeros(2, 40, 40, dtype=torch.uint8)
     masks[0, 5:20, 5:20] = 1
@@ -123,7 +104,7 @@ def test_training_step_keeps_crowd_out_of_the_losses():
     assert torch.isfinite(loss)
 
 
-def test_validation_losses_leave_batch_norm_dropout_and_rng_alone():
+def test_validation_losses_leave_batch_norm_dropout_and_rng_alone(tiny_task):
     task = tiny_task()
     # A dropout in the box head: must be off while the validation losses are computed.
     seen = []
@@ -205,7 +186,7 @@ def fake_detections(target: dict, rng: np.random.Generator, num_classes: int) ->
     }
 
 
-def test_mask_and_box_ap_equal_cocoeval_on_the_same_detections(edge_tree):
+def test_mask_and_box_ap_equal_cocoeval_on_the_same_detections(edge_tree, tiny_task):
     dm = coco_module(edge_tree)
     dataset = dm.dataset("val")
     task = tiny_task()
@@ -233,10 +214,23 @@ def test_mask_and_box_ap_equal_cocoeval_on_the_same_detections(edge_tree):
     assert 0 < values["segm_map"] < 1 and 0 < values["bbox_map_50"] <= 1
 
 
-def test_export_writes_coco_results_for_every_image(edge_tree):
+def test_predict_step_detections_give_coco_results_for_every_image(edge_tree, tiny_task):
     dm = coco_module(edge_tree)
-    task = tiny_task()
-    results = coco_results(task.net, dm.dataset("val"), dm.label_to_category, progress=False)
+    dataset = dm.dataset("val")
+    task = tiny_task().eval()
+    images, targets = zip(*(dataset[i] for i in range(len(dataset))))
+    with torch.no_grad():
+        detections = task.predict_step((list(images), list(targets)), 0)
+    assert len(detections) == len(images)
+    results = []
+    for image, det, t in zip(images, detections, targets):
+        n = len(det["labels"])
+        assert det["boxes"].shape == (n, 4) and det["scores"].shape == (n,)
+        assert det["masks"].shape == (n, 1, *image.shape[-2:])
+        assert det["masks"].is_floating_point()
+        results += detections_to_coco(
+            det, t["image_id"], dm.label_to_category, mask_threshold=task.mask_threshold
+        )
     gt = COCO(str(edge_tree / "annotations.json"))
     assert {r["image_id"] for r in results} <= set(gt.imgs)
     assert {r["category_id"] for r in results} <= {3, 7}
@@ -261,14 +255,14 @@ def test_used_by_line_composes(compose_cfg):
     assert isinstance(task.net, MaskRCNN) and task.net.backbone_name == "resnet50"
 
 
-def test_fast_dev_run_on_shapes(compose_cfg):
+def test_fast_dev_run_on_shapes(compose_cfg, small_maskrcnn_overrides):
     cfg = compose_cfg(
         overrides=[
             "model=maskrcnn",
             "debug=fast_dev_run",
             "data.batch_size=2",
             "data.image_size=64",
-            *SMALL_OVERRIDES,
+            *small_maskrcnn_overrides,
         ]
     )
     assert cfg.data.num_classes == 4 and cfg.model.monitor == "val/map_segm"
@@ -296,7 +290,9 @@ def test_fast_dev_run_on_shapes(compose_cfg):
     assert isinstance(objects["model"].net, MaskRCNN)
 
 
-def test_train_eval_predict_on_a_coco_tree(compose_cfg, tmp_path):
+def test_train_eval_predict_on_a_coco_tree(
+    compose_cfg, tmp_path, small_maskrcnn_overrides, untrained_but_scored
+):
     """Checkpoint -> eval gives the same AP; predict's COCO results scored by COCOeval directly
     give the AP the task logged."""
     root = tmp_path / "coco"
@@ -318,8 +314,8 @@ def test_train_eval_predict_on_a_coco_tree(compose_cfg, tmp_path):
             "trainer.max_epochs=1",
             "logger=csv",
             *data,
-            *SMALL_OVERRIDES,
-            *UNTRAINED_BUT_SCORED,
+            *small_maskrcnn_overrides,
+            *untrained_but_scored,
         ],
         quick=False,
     )

@@ -7,28 +7,10 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from seglab.models import MaskRCNN
 
-# Small and fast: the contract does not depend on the proposal counts.
-SMALL = {
-    "min_size": 64,
-    "max_size": 64,
-    "rpn_pre_nms_top_n_train": 200,
-    "rpn_post_nms_top_n_train": 100,
-    "rpn_pre_nms_top_n_test": 100,
-    "rpn_post_nms_top_n_test": 50,
-    "rpn_batch_size_per_image": 64,
-    "box_batch_size_per_image": 64,
-    "box_detections_per_img": 20,
-}
 LOSSES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads contend badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def target(h: int, w: int, boxes: list[list[int]], labels: list[int]) -> dict:
@@ -43,9 +25,9 @@ def target(h: int, w: int, boxes: list[list[int]], labels: list[int]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def net():
+def net(small_maskrcnn):
     torch.manual_seed(0)
-    return MaskRCNN(num_classes=3, backbone="resnet18", **SMALL)
+    return MaskRCNN(num_classes=3, backbone="resnet18", **small_maskrcnn)
 
 
 def test_train_returns_losses_for_mixed_empty_odd_sized_batch(net):
@@ -69,14 +51,14 @@ def test_train_on_images_without_any_instance(net):
     assert losses["loss_mask"] == 0 and torch.isfinite(sum(losses.values()))
 
 
-def test_eval_returns_detections_at_input_size(net):
+def test_eval_returns_detections_at_input_size(net, small_maskrcnn):
     net.eval()
     with torch.no_grad():
         out = net([torch.rand(3, 37, 53), torch.rand(3, 64, 64)])
     assert isinstance(out, list) and len(out) == 2
     for det, (h, w) in zip(out, [(37, 53), (64, 64)]):
         n = len(det["scores"])
-        assert n <= SMALL["box_detections_per_img"]
+        assert n <= small_maskrcnn["box_detections_per_img"]
         assert det["boxes"].shape == (n, 4) and det["labels"].shape == (n,)
         assert det["masks"].shape == (n, 1, h, w)
         assert ((det["labels"] >= 1) & (det["labels"] < 3)).all()
@@ -126,21 +108,21 @@ def test_defaults_are_the_papers():
 
 
 @pytest.mark.parametrize("backbone", ["resnet34", "mobilenet_v3_large"])
-def test_other_backbones(backbone):
-    net = MaskRCNN(num_classes=2, backbone=backbone, **SMALL).eval()
+def test_other_backbones(backbone, small_maskrcnn):
+    net = MaskRCNN(num_classes=2, backbone=backbone, **small_maskrcnn).eval()
     with torch.no_grad():
         (det,) = net([torch.rand(3, 40, 56)])
     assert det["masks"].shape[1:] == (1, 40, 56)
 
 
-def test_weights_files(tmp_path, net):
+def test_weights_files(tmp_path, net, small_maskrcnn):
     with pytest.raises(FileNotFoundError, match=r"model.net.weights=.*no such file"):
         MaskRCNN(num_classes=3, backbone="resnet18", weights=str(tmp_path / "none.pth"))
     with pytest.raises(FileNotFoundError, match="model.net.backbone_weights="):
         MaskRCNN(num_classes=3, backbone="resnet18", backbone_weights=str(tmp_path / "x.pth"))
     path = tmp_path / "maskrcnn.pth"
     torch.save(net.state_dict(), path)
-    other = MaskRCNN(num_classes=5, backbone="resnet18", weights=str(path), **SMALL)
+    other = MaskRCNN(num_classes=5, backbone="resnet18", weights=str(path), **small_maskrcnn)
     assert torch.equal(other.backbone.body.conv1.weight, net.backbone.body.conv1.weight)
     assert other.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 5
     assert isinstance(other.backbone.body.bn1, FrozenBatchNorm2d)  # fine-tuning: frozen BN

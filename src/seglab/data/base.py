@@ -1,98 +1,163 @@
-"""What every dataset module shares: the semantic sample contract, loaders, samplers, statistics.
+"""What every dataset module shares: declared metadata, the checks on it, datasets per view,
+label reading, loaders, samplers and statistics.
 
 A semantic sample after ``SemanticDataset.__getitem__`` is a dict::
 
     image  float32 (C, H, W), normalised with the data module's mean / std
     mask   int64 (H, W), classes 0..K-1 or ignore_index
-    weight float32 (H, W), optional per-pixel loss weight (U-Net weight maps)
+    weight float32 (H, W), only with ``data.weight_map``: the per-pixel loss weight
     name   str, the file or generated sample it came from (used in error messages)
+
+An instance sample is ``(image, target)`` in torchvision's detection format (``InstanceDataset``).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torchvision.ops import masks_to_boxes
 
-__all__ = [
-    "InstanceDataset",
-    "PairedSemanticDataset",
-    "SegmentationDataModule",
-    "SemanticDataset",
-    "UnpaddedDistributedSampler",
-    "declare_weight_target",
-    "default_palette",
-    "list_collate",
-    "median_frequency_weights",
-    "read_rgb_image",
-    "seed_transform",
-]
+from seglab.data.weight_maps import UNetWeightMap
 
-TASKS = ("semantic", "instance", "panoptic")
+__all__ = ["IGNORE", "DatasetInfo", "IndexPNG", "InstanceDataset",
+           "PairedSemanticDataset", "SegmentationDataModule", "SemanticDataset",
+           "default_palette", "edge_boxes",
+           "list_collate", "read_image", "seed_transform"]  # fmt: skip
+
+IGNORE = -1  # in a label table: the raw value is read as data.ignore_index
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is, declared once in its module (the yaml reads it, never repeats it).
+
+    Attributes:
+        name: the ``data=<name>`` token, used in messages.
+        views: task view -> its class names (background included), or None where the config or
+            the files give them (``data.class_names``); the keys are the views offered.
+        how_to_get: how to get the data, said whenever it is missing.
+        splits: the splits with labels.
+        unscored: split -> why it cannot be scored (asking for it raises, saying so).
+        labels: raw label-file value -> class, or ``IGNORE``; any other value is an error.
+        palette: one RGB triple per class (None: the VOC colour map).
+        ignore_index, in_channels, mean, std: defaults of the ``data.*`` keys of those names.
+    """
+
+    name: str
+    views: Mapping[str, Sequence[str] | None]
+    how_to_get: str = ""
+    splits: tuple[str, ...] = ("train", "val", "test")
+    unscored: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[int, int] | None = None
+    palette: Sequence[Sequence[int]] | None = None
+    ignore_index: int = 255
+    in_channels: int = 3
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
 
 
 def default_palette(num_colours: int) -> list[list[int]]:
     """The PASCAL VOC colour map (bit-interleaved), extended to ``num_colours`` entries."""
-    palette = []
-    for i in range(num_colours):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette.append([r, g, b])
-    return palette
+    index = np.arange(num_colours)[:, None]
+    palette = np.zeros((num_colours, 3), np.int64)
+    for bit in range(8):  # bit 3k + c of the index is bit 7 - k of channel c
+        palette |= ((index >> (3 * bit + np.arange(3))) & 1) << (7 - bit)
+    return palette.tolist()
 
 
-def declare_weight_target(transform: Callable[..., dict[str, Any]] | None) -> None:
-    """Declare ``weight`` (the per-pixel loss weight map) as a mask target of an albumentations
-    pipeline, in place: albumentations passes undeclared targets through untouched, which would
-    leave the map unaligned with the augmented image and mask. Other callables are left alone."""
-    if transform is not None and hasattr(transform, "add_targets"):
-        transform.add_targets({"weight": "mask"})
+def read_image(path: str | Path, dataset: str, mode: str = "RGB") -> np.ndarray:
+    """An image file as uint8 in Pillow ``mode``: RGB (H, W, 3) converts grey, palette, CMYK and
+    RGBA; ``L`` gives grey (H, W, 1).
 
-
-def median_frequency_weights(counts: np.ndarray, image_counts: np.ndarray) -> np.ndarray:
-    """Median-frequency balancing of SegNet (Eigen & Fergus 2015): ``median(f) / f(c)``.
-
-    ``f(c)`` = pixels of class c / total pixels of the images in which c is present.
-
-    Args:
-        counts: (K,) pixels of each class over the training set (ignore label excluded).
-        image_counts: (K,) summed pixel counts of the images that contain each class.
-    Returns:
-        (K,) float32 weights; a class absent from every image gets weight 0.
+    Raises:
+        ValueError: the file cannot be read, naming ``dataset`` and the file.
     """
-    counts = np.asarray(counts, np.float64)
-    image_counts = np.asarray(image_counts, np.float64)
-    present = counts > 0
-    if not present.any():
-        raise ValueError("median-frequency weights: the training masks hold no labelled pixel")
-    freq = np.zeros_like(counts)
-    freq[present] = counts[present] / image_counts[present]
-    weights = np.zeros_like(counts)
-    weights[present] = np.median(freq[present]) / freq[present]
-    return weights.astype(np.float32)
+    try:
+        with Image.open(path) as img:
+            image = np.array(img.convert(mode), dtype=np.uint8)
+    except OSError as err:
+        raise ValueError(f"{dataset} image {str(path)!r} could not be read ({err})") from err
+    return image[..., None] if image.ndim == 2 else image
+
+
+def _ranges(values: Iterable[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0..2, 5"``."""
+    runs: list[list[int]] = []
+    for v in sorted(values):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in runs)
+
+
+class IndexPNG:
+    """The one label reader of every paired dataset: single-channel class-index images (8-bit,
+    palette or 16-bit PNGs: the stored indices, never the colours) mapped through ``labels``
+    (raw value -> class, or ``IGNORE``: ``ignore_index``; any other value is an error naming
+    the file). ``dataset`` names the dataset in error messages."""
+
+    def __init__(self, labels: Mapping[int, int], *, ignore_index: int, dataset: str) -> None:
+        size = max(labels) + 1
+        small = 0 <= ignore_index <= 255 and max(labels.values()) <= 255
+        self.valid = np.zeros(size, bool)
+        self.lut = np.zeros(size, np.uint8 if small else np.int32)
+        for raw, cls in labels.items():
+            self.valid[raw] = True
+            self.lut[raw] = ignore_index if cls == IGNORE else cls
+        ignored = [raw for raw, cls in labels.items() if cls == IGNORE]
+        self.allowed = _ranges(labels) + (f" ({_ranges(ignored)}: ignored)" if ignored else "")
+        self.dataset = dataset
+
+    def __call__(self, path: str | Path) -> np.ndarray:
+        """The class mask (H, W) of ``path``: uint8, or int32 for indices above 255."""
+        try:
+            with Image.open(path) as img:
+                if len(img.getbands()) != 1:
+                    raise ValueError(
+                        f"{self.dataset} label file {path} has Pillow mode {img.mode!r}; expected "
+                        f"a single-channel image of class indices ({self.allowed}), not colours"
+                    )
+                raw = np.asarray(img)
+        except OSError as err:
+            raise ValueError(f"{self.dataset} label file {path} could not be read ({err})") from err
+        return self.lookup(raw, path)
+
+    def lookup(self, raw: np.ndarray, source: str | Path) -> np.ndarray:
+        """The classes of the raw label values ``raw`` read from ``source`` (named in errors)."""
+        inside = (raw >= 0) & (raw < len(self.valid))
+        bad = ~inside | ~self.valid[np.where(inside, raw, 0)]
+        if bad.any():
+            values = sorted(int(v) for v in np.unique(raw[bad])[:10])
+            raise ValueError(
+                f"{self.dataset} label file {source} holds label(s) {values}; "
+                f"expected {self.allowed}"
+            )
+        return self.lut[raw]
 
 
 class SemanticDataset(Dataset):
     """Base of every semantic view: subclasses implement ``__len__`` and ``load_sample``.
 
     ``load_sample(i)`` returns ``{"image": uint8 (H, W, C), "mask": int (H, W), "name": str}`` and
-    optionally ``"weight": float32 (H, W)`` and ``"mask_file": str`` (the label file, named in
-    mask errors instead of ``name``). This class validates the mask against ``num_classes``
-    and ``ignore_index`` (raising ``ValueError`` naming the sample), applies the albumentations
-    pipeline (the weight map travels as a mask target), normalises and converts to tensors.
+    optionally ``"mask_file": str`` (the label file, named in mask errors instead of ``name``) and
+    ``"instances": int (H, W)`` (object ids, for weight maps). This class validates the mask
+    against ``num_classes`` and ``ignore_index`` (raising ``ValueError`` naming the sample), adds
+    the weight map (computed once per sample and kept in memory, per loader worker), applies the
+    albumentations pipeline (the weight map travels as a mask target), normalises and converts
+    to tensors.
     """
 
     def __init__(
@@ -103,12 +168,15 @@ class SemanticDataset(Dataset):
         mean: Sequence[float],
         std: Sequence[float],
         transform: Callable[..., dict[str, Any]] | None = None,
+        weight_map: UNetWeightMap | None = None,
     ) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.mean = np.asarray(mean, np.float32) * 255.0
         self.inv_std = 1.0 / (np.asarray(std, np.float32) * 255.0)
         self.transform = transform
+        self.weight_map = weight_map
+        self._weights: dict[int, np.ndarray] = {}
 
     def load_sample(self, index: int) -> dict[str, Any]:
         raise NotImplementedError
@@ -116,6 +184,15 @@ class SemanticDataset(Dataset):
     def load_mask(self, index: int) -> np.ndarray:
         """The raw mask of sample ``index`` (override when it can be read without the image)."""
         return np.asarray(self.load_sample(index)["mask"])
+
+    def load_weight(self, index: int, sample: dict[str, Any] | None = None) -> np.ndarray:
+        """The weight map (H, W) float32 of sample ``index`` (``sample``: its loaded sample)."""
+        if index not in self._weights:
+            sample = sample or self.load_sample(index)
+            self._weights[index] = self.weight_map(  # type: ignore[misc]
+                np.asarray(sample["mask"]), sample.get("instances"), self.ignore_index
+            )
+        return self._weights[index]
 
     def check_mask(self, mask: np.ndarray, name: str) -> None:
         bad = (mask < 0) | ((mask >= self.num_classes) & (mask != self.ignore_index))
@@ -136,7 +213,7 @@ class SemanticDataset(Dataset):
                 f"sample '{name}': mask shape {mask.shape} differs from image shape {image.shape[:2]}"
             )
         self.check_mask(mask, sample.get("mask_file", name))
-        weight = sample.get("weight")
+        weight = None if self.weight_map is None else self.load_weight(index, sample)
         if self.transform is not None:
             extra = {} if weight is None else {"weight": weight}
             out = self.transform(image=image, mask=mask, **extra)
@@ -152,36 +229,15 @@ class SemanticDataset(Dataset):
         return item
 
 
-def read_rgb_image(path: str | Path, dataset: str) -> np.ndarray:
-    """An image file as RGB uint8 (H, W, 3): grey, palette, CMYK and RGBA are converted.
-
-    Raises:
-        ValueError: the file cannot be read, naming ``dataset`` and the file.
-    """
-    try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"), dtype=np.uint8)
-    except OSError as err:
-        raise ValueError(f"{dataset} image {path} could not be read ({err})") from err
-
-
 class PairedSemanticDataset(SemanticDataset):
-    """A semantic view read from ``(image file, label file)`` pairs.
-
-    ``read_label(path, ignore_index=...)`` turns one label file into the mask (classes and
-    ``ignore_index``); images are read as RGB. ``name`` is the image file.
-
-    Args:
-        pairs: ``(image, label)`` paths.
-        read_label: the dataset's label decoder.
-        dataset: the dataset's name, for error messages.
-        **kwargs: ``SemanticDataset``'s arguments.
-    """
+    """A semantic view read from ``pairs`` of ``(image file, label file)``: RGB images, labels
+    through ``read_label`` (an ``IndexPNG``); ``name`` is the image file, ``dataset`` names the
+    dataset in errors; ``**kwargs`` are ``SemanticDataset``'s."""
 
     def __init__(
         self,
         pairs: Sequence[tuple[Path, Path]],
-        read_label: Callable[..., np.ndarray],
+        read_label: Callable[[Path], np.ndarray],
         *,
         dataset: str,
         **kwargs: Any,
@@ -197,15 +253,15 @@ class PairedSemanticDataset(SemanticDataset):
     def load_mask(self, index: int) -> np.ndarray:
         """The checked mask of sample ``index`` (for statistics; ``__getitem__`` checks its own)."""
         path = self.pairs[index][1]
-        mask = self.read_label(path, ignore_index=self.ignore_index)
+        mask = self.read_label(path)
         self.check_mask(mask, str(path))
         return mask
 
     def load_sample(self, index: int) -> dict[str, Any]:
         image_path, label_path = self.pairs[index]
         return {
-            "image": read_rgb_image(image_path, self.dataset_name),
-            "mask": self.read_label(label_path, ignore_index=self.ignore_index),
+            "image": read_image(image_path, self.dataset_name),
+            "mask": self.read_label(label_path),
             "name": str(image_path),
             "mask_file": str(label_path),
         }
@@ -236,13 +292,11 @@ def list_collate(batch: list[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
     return list(images), list(targets)
 
 
-def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
-    """(n, H, W) binary masks -> (n, 4) float32 xyxy boxes on pixel edges (x1 = last column + 1)."""
-    boxes = np.zeros((len(masks), 4), np.float32)
-    for k, mask in enumerate(masks):
-        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        if rows.size:
-            boxes[k] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+def edge_boxes(masks: np.ndarray) -> torch.Tensor:
+    """(n, H, W) non-empty binary masks -> (n, 4) float32 xyxy boxes on pixel edges
+    (x2 = last column + 1)."""
+    boxes = masks_to_boxes(torch.from_numpy(np.ascontiguousarray(masks)))
+    boxes[:, 2:] += 1
     return boxes
 
 
@@ -265,9 +319,6 @@ class InstanceDataset(Dataset):
     ) -> None:
         self.num_classes = num_classes
         self.transform = transform
-
-    def __len__(self) -> int:
-        raise NotImplementedError
 
     def load_instances(self, index: int) -> dict[str, Any]:
         raise NotImplementedError
@@ -298,7 +349,7 @@ class InstanceDataset(Dataset):
         keep = area > 0
         masks, labels, iscrowd, area = masks[keep], labels[keep], iscrowd[keep], area[keep]
         target = {
-            "boxes": torch.from_numpy(masks_to_boxes(masks)),
+            "boxes": edge_boxes(masks),
             "labels": torch.from_numpy(labels),
             "masks": torch.from_numpy(np.ascontiguousarray(masks)),
             "iscrowd": torch.from_numpy(iscrowd),
@@ -310,54 +361,44 @@ class InstanceDataset(Dataset):
         return pixels.float().div_(255.0), target
 
 
-class UnpaddedDistributedSampler(DistributedSampler):
-    """Rank r takes samples r, r + W, r + 2W, ...: no sample is repeated to even out the ranks.
-
-    torch's ``DistributedSampler`` pads the last round with repeated samples, which counts them
-    twice in evaluation metrics. Lightning keeps a ``DistributedSampler`` it is given.
-    """
-
-    def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        self.num_samples = len(range(rank, len(dataset), num_replicas))  # type: ignore[arg-type]
-        self.total_size = len(dataset)  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.total_size, self.num_replicas))
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 class SegmentationDataModule(L.LightningDataModule):
-    """Base LightningDataModule: loaders, normalisation, task view and class metadata.
+    """Base LightningDataModule: a dataset module declares ``info`` (a ``DatasetInfo``) and
+    implements ``pairs(split)`` (paired image / label files) or its own ``build_dataset``; this
+    class does the rest: view and class checks, transforms per split, dataset and collate per
+    view, refusal of unscored splits, loaders.
 
-    Subclasses implement ``build_dataset(split)`` for the splits they have. Keyword arguments
-    mirror the keys of every ``conf/data/*.yaml``.
+    Keyword arguments mirror the keys of ``conf/data/*.yaml``; one left None takes the value
+    ``info`` declares (``class_names`` else ``"0"``, ``"1"``, ...; ``palette`` else VOC's).
 
     Args:
-        task: ``semantic``, ``instance`` or ``panoptic`` (set by the model config).
-        num_classes: classes of the task view, background included.
-        in_channels: image channels the network receives.
-        class_names: one name per class.
-        palette: one RGB triple per class (default: the VOC colour map).
-        ignore_index: label ignored by losses and metrics.
-        mean, std: per-channel normalisation on the 0..1 scale.
+        task: the task view (``semantic``, ``instance`` or ``panoptic``; set by the model config).
+        num_classes: classes of the view, background included.
         train_transforms, eval_transforms: albumentations pipelines (geometry and colour only;
             normalisation and tensor conversion happen after them).
+        crop_size: side of the square train crops, read by the yaml's train pipeline
+            (``${data.crop_size}``) and available to tiling inference.
+        weight_map: a ``UNetWeightMap`` put in each semantic sample as ``weight``; True:
+            ``UNetWeightMap()``.
+        extra_metrics: metric names the task logs besides its own.
     """
 
-    splits: tuple[str, ...] = ("train", "val", "test")
-    collate_fn: Callable[[list[Any]], Any] | None = None
+    info: ClassVar[DatasetInfo]
 
     def __init__(
         self,
         *,
         task: str = "semantic",
-        num_classes: int,
-        in_channels: int = 3,
+        num_classes: int | None = None,
+        in_channels: int | None = None,
         class_names: Sequence[str] | None = None,
         palette: Sequence[Sequence[int]] | None = None,
-        ignore_index: int = 255,
-        mean: Sequence[float] = (0.5, 0.5, 0.5),
-        std: Sequence[float] = (0.25, 0.25, 0.25),
+        ignore_index: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -365,92 +406,205 @@ class SegmentationDataModule(L.LightningDataModule):
         train_transforms: Callable[..., dict[str, Any]] | None = None,
         eval_transforms: Callable[..., dict[str, Any]] | None = None,
         data_dir: str | None = None,
+        crop_size: int | None = None,
+        weight_map: UNetWeightMap | bool | None = None,
         extra_metrics: Sequence[str] = (),
     ) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"data.task={task!r}: expected one of {list(TASKS)}")
-        if num_classes < 1:
-            raise ValueError(f"data.num_classes={num_classes}: expected at least 1")
-        if len(mean) != in_channels or len(std) != in_channels:
+        info = self.info
+        self.check_task(task)
+        self.task = task
+        declared = self.view_classes()
+        names = class_names or declared
+        if num_classes is None:
+            if names is None:
+                raise ValueError(f"data.num_classes: required by data={info.name}'s {task} view")
+            num_classes = len(declared if declared is not None else names)
+        if declared is not None and num_classes != len(declared):
             raise ValueError(
-                f"data.mean / data.std have {len(mean)} / {len(std)} entries but "
-                f"data.in_channels={in_channels}"
+                f"data.num_classes={num_classes} but data={info.name} has {len(declared)} "
+                f"{task} classes"
             )
-        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if names is not None and len(names) != num_classes:
+            raise ValueError(
+                f"data.class_names has {len(names)} names but data.num_classes={num_classes} "
+                f"(data={info.name})"
+            )
+        self.num_classes = num_classes
+        self.class_names = (
+            [str(n) for n in names] if names else [str(i) for i in range(num_classes)]
+        )
+        palette = palette or info.palette
+        self.palette = [list(c) for c in palette] if palette else default_palette(num_classes)
+        self.in_channels = info.in_channels if in_channels is None else in_channels
+        if self.in_channels != info.in_channels:
+            raise ValueError(
+                f"data.in_channels={self.in_channels} but data={info.name} images have "
+                f"{info.in_channels} channel(s)"
+            )
+        self.ignore_index = info.ignore_index if ignore_index is None else ignore_index
+        if 0 <= self.ignore_index < num_classes:
+            raise ValueError(
+                f"data.ignore_index={self.ignore_index} collides with the classes "
+                f"0..{num_classes - 1} of data={info.name}: expected a value outside them"
+            )
+        self.mean, self.std = tuple(mean or info.mean), tuple(std or info.std)
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise ValueError(
+                f"data.mean / data.std have {len(self.mean)} / {len(self.std)} entries but "
+                f"data.in_channels={self.in_channels}"
+            )
+        for key, value in (
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+            ("crop_size", crop_size),
+        ):
             if value is not None and value < 1:
                 raise ValueError(f"data.{key}={value!r}: expected a positive integer")
         if num_workers < 0:
             raise ValueError(f"data.num_workers={num_workers}: expected 0 or more")
-        if class_names is not None and len(class_names) != num_classes:
+        if weight_map is True:
+            weight_map = UNetWeightMap()
+        if weight_map and task != "semantic":
             raise ValueError(
-                f"data.class_names has {len(class_names)} names but data.num_classes={num_classes}"
+                f"data.weight_map: weight maps belong to the semantic view, not {task}"
             )
-        self.task = task
-        self.num_classes = num_classes
-        self.in_channels = in_channels
-        self.class_names = (
-            list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        )
-        self.palette = [list(c) for c in palette] if palette else default_palette(num_classes)
-        self.ignore_index = ignore_index
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.weight_map = weight_map or None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.train_transforms = train_transforms
         self.eval_transforms = eval_transforms
-        if task == "semantic":
+        if task == "semantic":  # albumentations passes undeclared targets through unaligned
             for transform in (train_transforms, eval_transforms):
-                declare_weight_target(transform)
+                if hasattr(transform, "add_targets"):
+                    transform.add_targets({"weight": "mask"})
         self.data_dir = data_dir
+        self.crop_size = crop_size
         self.extra_metrics = tuple(extra_metrics)
+        self.splits: tuple[str, ...] = info.splits
         self.datasets: dict[str, Dataset] = {}
+        self.predict_input: str | None = None  # set by predict.py before Trainer.predict
 
-    def check_fixed_view(self, name: str, num_classes: int, crop_size: int | None = None) -> None:
-        """For datasets with one semantic RGB view and a fixed class set (``data=<name>``):
-        ``task``, ``num_classes``, ``in_channels``, ``ignore_index`` and ``crop_size`` checked
-        against it, each error naming its config key."""
-        if self.task != "semantic":
-            raise ValueError(f"data.task={self.task!r}: data={name} has only a semantic view")
-        if self.num_classes != num_classes:
+    @classmethod
+    def declared(cls, key: str, task: str = "semantic") -> Any:
+        """The declared default of the ``data.<key>`` config key (``num_classes``,
+        ``in_channels``, ``ignore_index``, ``mean``, ``std``) for the ``task`` view."""
+        if key != "num_classes":
+            return getattr(cls.info, key)
+        cls.check_task(task)
+        if cls.info.views[task] is None:
             raise ValueError(
-                f"data.num_classes={self.num_classes} but data={name} has {num_classes} classes"
+                f"data.num_classes: data={cls.info.name} declares no {task} classes; "
+                "set data.num_classes (and data.class_names)"
             )
-        if self.in_channels != 3:
-            raise ValueError(f"data.in_channels={self.in_channels} but data={name} images are RGB")
-        if 0 <= self.ignore_index < num_classes:
-            raise ValueError(
-                f"data.ignore_index={self.ignore_index} collides with the classes "
-                f"0..{num_classes - 1}: expected a value outside them"
-            )
-        if crop_size is not None and crop_size < 1:
-            raise ValueError(f"data.crop_size={crop_size}: expected a positive crop side")
+        return len(cls.info.views[task])
 
-    def build_dataset(self, split: str) -> Dataset:
-        raise NotImplementedError
+    @classmethod
+    def check_task(cls, task: str) -> None:
+        """Raise a ``ValueError`` naming ``data.task`` unless ``info`` offers the view ``task``."""
+        if task not in cls.info.views:
+            raise ValueError(
+                f"data.task={task!r}: data={cls.info.name} offers the views {list(cls.info.views)}"
+            )
+
+    def view_classes(self) -> Sequence[str] | None:
+        """The class names of the chosen view from the dataset itself (None: from the config)."""
+        return self.info.views[self.task]
+
+    # ----------------------------------------------------------------- files and folders
+
+    def not_found(self, what: str, how: str | None = None) -> FileNotFoundError:
+        """``FileNotFoundError("data=<name>: <what>; <how to get the data>")``."""
+        return FileNotFoundError(f"data={self.info.name}: {what}; {how or self.info.how_to_get}")
+
+    def require_dir(self, path: str | Path, what: str = "folder") -> Path:
+        """``path`` as a Path, raising ``not_found`` when it is not a folder."""
+        path = Path(path).expanduser()
+        if not path.is_dir():
+            raise self.not_found(f"{what} {path} does not exist")
+        return path
+
+    @property
+    def root(self) -> Path:
+        """``data_dir``, which must exist."""
+        return self.require_dir(self.data_dir or "", "data_dir")
+
+    def read_list(self, path: Path) -> list[tuple[int, list[str]]]:
+        """The non-empty lines of a list file as ``(line number, fields)``.
+
+        Raises:
+            FileNotFoundError: no such file. ValueError: the file lists nothing.
+        """
+        if not path.is_file():
+            raise self.not_found(f"list file {path} not found")
+        lines = [(n, s.split()) for n, s in enumerate(path.read_text().splitlines(), 1)]
+        lines = [(n, fields) for n, fields in lines if fields]
+        if not lines:
+            raise ValueError(f"data={self.info.name}: list file {path} lists nothing")
+        return lines
+
+    def match_pairs(
+        self, images: Iterable[Path], label_of: Callable[[Path], Path], *, how: str | None = None
+    ) -> list[tuple[Path, Path]]:
+        """``(image, label_of(image))`` pairs, each file checked to exist (``how``: how to get a
+        missing one, default ``info.how_to_get``)."""
+        pairs = []
+        for image in images:
+            label = label_of(image)
+            for kind, path in (("image", image), ("label", label)):
+                if not path.is_file():
+                    raise self.not_found(f"{kind} {path} of the pair {image.name} not found", how)
+            pairs.append((image, label))
+        return pairs
+
+    # ----------------------------------------------------------------- datasets per view
 
     def dataset_kwargs(self, split: str) -> dict[str, Any]:
-        """Keyword arguments of ``SemanticDataset`` for ``split``."""
-        return {
-            "num_classes": self.num_classes,
-            "ignore_index": self.ignore_index,
-            "mean": self.mean,
-            "std": self.std,
-            "transform": self.train_transforms if split == "train" else self.eval_transforms,
-        }
+        """Keyword arguments of the view's dataset base class for ``split``."""
+        transform = self.train_transforms if split == "train" else self.eval_transforms
+        kwargs = {"num_classes": self.num_classes, "transform": transform}
+        if self.task == "semantic":
+            kwargs.update(ignore_index=self.ignore_index, mean=self.mean, std=self.std)
+            kwargs["weight_map"] = self.weight_map
+        return kwargs
+
+    def pairs(self, split: str) -> list[tuple[Path, Path]]:
+        """The ``(image, label)`` files of ``split`` (paired datasets)."""
+        raise NotImplementedError(f"data={self.info.name} lists no (image, label) pairs")
+
+    def label_values(self) -> Mapping[int, int]:
+        """Raw label value -> class or ``IGNORE`` (default: the declared ``info.labels``)."""
+        return self.info.labels or {}
+
+    def build_dataset(self, split: str) -> Dataset:
+        """The dataset of ``split`` for the chosen view (default: the paired semantic one)."""
+        reader = IndexPNG(
+            self.label_values(), ignore_index=self.ignore_index, dataset=self.info.name
+        )
+        return PairedSemanticDataset(
+            self.pairs(split), reader, dataset=self.info.name, **self.dataset_kwargs(split)
+        )
 
     def dataset(self, split: str) -> Dataset:
+        """The dataset of ``split`` for the chosen view, built on first use."""
+        if split in self.info.unscored:
+            raise ValueError(
+                f"data={self.info.name}: split '{split}' has no labels to score: "
+                f"{self.info.unscored[split]}"
+            )
         if split not in self.splits:
-            raise ValueError(f"split={split!r}: this dataset has the splits {list(self.splits)}")
+            raise ValueError(f"split={split!r}: data={self.info.name} has {list(self.splits)}")
         if split not in self.datasets:
             dataset = self.build_dataset(split)
             # Main-process loading: augmentation follows the run's seed, one stream per rank.
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            rank = dist.get_rank() if _distributed() else 0
             seed_transform(getattr(dataset, "transform", None), torch.initial_seed() + rank)
             self.datasets[split] = dataset
         return self.datasets[split]
+
+    # ----------------------------------------------------------------- loaders
 
     def setup(self, stage: str | None = None) -> None:
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
@@ -459,38 +613,47 @@ class SegmentationDataModule(L.LightningDataModule):
         for split in needed:
             self.dataset(split)
 
-    def _loader(self, split: str, *, train: bool) -> DataLoader:
-        dataset = self.dataset(split)
+    def _loader(self, dataset: Dataset, *, train: bool, batch_size: int) -> DataLoader:
         sampler = None
-        if not train and dist.is_available() and dist.is_initialized():
-            sampler = UnpaddedDistributedSampler(
-                dataset, num_replicas=dist.get_world_size(), rank=dist.get_rank()
-            )
+        if not train and _distributed():
+            # unlike torch's DistributedSampler, no sample repeated to even out the ranks: the
+            # metrics would count it twice
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
+            batch_size=batch_size,
             shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
+            drop_last=train and len(dataset) > batch_size,  # type: ignore[arg-type]
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=seed_worker if self.num_workers > 0 else None,
-            collate_fn=self.collate_fn,
+            collate_fn=None if self.task == "semantic" else list_collate,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        return self._loader(self.dataset("train"), train=True, batch_size=self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
+        return self.loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+        return self.loader("test")
 
     def loader(self, split: str) -> DataLoader:
         """An evaluation loader (no shuffling, no augmentation) over any split."""
-        return self._loader(split, train=False)
+        return self._loader(self.dataset(split), train=False, batch_size=self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        """An evaluation loader over ``predict_input``: an image file, a folder of images or a
+        split of this dataset (whole batches of ``eval_batch_size`` for a split, else one image
+        a batch: files differ in size)."""
+        from seglab.data.prediction import prediction_dataset  # its module needs this one
+
+        source = self.predict_input
+        batch = self.eval_batch_size if source in self.splits else 1
+        return self._loader(prediction_dataset(self, source), train=False, batch_size=batch)
 
     def class_pixel_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """Pixel counts per class over the training masks, and image pixels where each occurs."""
@@ -507,5 +670,15 @@ class SegmentationDataModule(L.LightningDataModule):
         return counts, image_counts
 
     def median_frequency_weights(self) -> list[float]:
-        """SegNet's median-frequency class weights from the training masks (ignore label out)."""
-        return median_frequency_weights(*self.class_pixel_counts()).tolist()
+        """SegNet's median-frequency class weights (Eigen & Fergus 2015) from the training masks
+        (ignore label out): ``median(f) / f(c)``, ``f(c)`` = pixels of class c / pixels of the
+        images in which c is present; a class absent from every image gets weight 0."""
+        counts, image_counts = self.class_pixel_counts()
+        present = counts > 0
+        if not present.any():
+            raise ValueError("median-frequency weights: the training masks hold no labelled pixel")
+        freq = np.zeros(len(counts))
+        freq[present] = counts[present] / image_counts[present]
+        weights = np.zeros(len(counts))
+        weights[present] = np.median(freq[present]) / freq[present]
+        return weights.astype(np.float32).tolist()

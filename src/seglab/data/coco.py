@@ -6,16 +6,12 @@ Official layout under ``data_dir`` (the defaults of ``conf/data/coco.yaml``)::
     annotations/instances_train2017.json   train2017/<file_name>
     annotations/instances_val2017.json     val2017/<file_name>
 
-Any COCO-format file works (labelme and CVAT exports, for example): polygons, uncompressed and
-compressed RLE, crowd annotations, images without annotations. What real-world files get wrong
-is handled here:
-
-- annotation ids must be >= 1 and unique for COCOeval (it takes id 0 for "unmatched"), so a file
-  with an id 0 or a repeated id is renumbered 1..N in file order, with a warning;
-- a category named like the background (``_background_`` of labelme exports, usually id 0) is
-  dropped; an annotation that uses it is an error;
-- the remaining categories, in ascending id order, become the contiguous labels 1..K-1
-  (0 = background); ``label_to_category`` maps them back to the file's ids for export.
+Any COCO-format file works (labelme and CVAT exports, for example): polygons, RLE, crowd
+annotations, images without annotations. Annotation ids below 1 or repeated (COCOeval takes id 0
+for "unmatched") are renumbered 1..N in file order, with a warning; a category named like the
+background (labelme's ``_background_``) is dropped, an annotation that uses it is an error; the
+other categories, in id order, become the labels 1..K-1 (0 = background; ``label_to_category``
+maps them back for export).
 """
 
 from __future__ import annotations
@@ -29,27 +25,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from seglab.data.base import (
+    DatasetInfo,
     InstanceDataset,
     SegmentationDataModule,
     SemanticDataset,
-    list_collate,
+    read_image,
 )
 
-__all__ = [
-    "BACKGROUND_NAMES",
-    "CocoCategories",
-    "CocoDataModule",
-    "CocoInstanceDataset",
-    "CocoSemanticDataset",
-    "annotation_mask",
-    "read_coco",
-]
+__all__ = ["BACKGROUND_NAMES", "CocoCategories", "CocoDataModule", "CocoInstanceDataset",
+           "CocoSemanticDataset", "annotation_mask", "read_coco"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -103,39 +92,32 @@ def read_coco(path: str | Path) -> COCO:
 
 
 def annotation_mask(annotation: Mapping[str, Any], height: int, width: int) -> np.ndarray:
-    """The binary mask (H, W) uint8 of a COCO annotation: polygons (those with fewer than 3
-    points are skipped, leaving the mask empty when none is left), uncompressed or compressed RLE.
+    """The binary mask (H, W) uint8 of a COCO annotation, decoded by pycocotools: polygons
+    (those with fewer than 3 points are skipped, leaving the mask empty when none is left),
+    uncompressed or compressed RLE.
 
     Raises:
         ValueError: no segmentation, or an RLE of another size than the image (naming the id).
     """
     segmentation = annotation.get("segmentation")
-    if segmentation is None:
-        raise ValueError(
-            f"data=coco: annotation {annotation.get('id')} has no 'segmentation' "
-            "(instance segmentation needs masks)"
-        )
-    if isinstance(segmentation, list):
-        polygons = [p for p in segmentation if len(p) >= 6 and len(p) % 2 == 0]
-        if not polygons:
+    if isinstance(segmentation, list):  # pycocotools fails on a polygon of under 3 points
+        segmentation = [p for p in segmentation if len(p) >= 6 and len(p) % 2 == 0]
+        if not segmentation:
             return np.zeros((height, width), np.uint8)
-        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-    elif isinstance(segmentation, dict) and "counts" in segmentation:
-        size = list(segmentation.get("size", []))
-        if size != [height, width]:
-            raise ValueError(
-                f"data=coco: annotation {annotation.get('id')} has an RLE of size {size} on an "
-                f"image of {height}x{width}"
-            )
-        rle = segmentation
-        if isinstance(rle["counts"], list):
-            rle = mask_utils.frPyObjects(rle, height, width)
-    else:
+    elif not isinstance(segmentation, dict) or "counts" not in segmentation:
         raise ValueError(
-            f"data=coco: annotation {annotation.get('id')}: segmentation must be polygons or an "
-            f"RLE dict, got {type(segmentation).__name__}"
+            f"data=coco: annotation {annotation.get('id')}: expected a 'segmentation' of polygons "
+            f"or an RLE dict (instance segmentation needs masks), got {segmentation!r:.40}"
         )
-    return mask_utils.decode(rle).astype(np.uint8)
+    elif list(segmentation.get("size", [])) != [height, width]:
+        raise ValueError(
+            f"data=coco: annotation {annotation.get('id')} has an RLE of size "
+            f"{segmentation.get('size')} on an image of {height}x{width}"
+        )
+    rle = segmentation
+    if isinstance(segmentation, list) or isinstance(segmentation["counts"], list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    return mask_utils.decode(mask_utils.merge(rle) if isinstance(rle, list) else rle)
 
 
 class CocoCategories:
@@ -144,22 +126,22 @@ class CocoCategories:
     Attributes:
         names: ``["background", *category names]``, one per label 0..K-1.
         category_ids: the file's category id of each label 1..K-1 (``category_ids[label - 1]``).
-        category_to_label: inverse of ``category_ids``.
-        dropped: ids of the categories dropped as background.
+        label_to_category, category_to_label: label 1..K-1 <-> the file's category id.
     """
 
     def __init__(
         self, coco: COCO, *, source: str, background_names: Sequence[str] = BACKGROUND_NAMES
     ) -> None:
         categories = sorted(coco.dataset["categories"], key=lambda c: c["id"])
-        kept = [c for c in categories if c.get("name") not in set(background_names)]
-        self.dropped = [c["id"] for c in categories if c.get("name") in set(background_names)]
+        kept = [c for c in categories if c.get("name") not in background_names]
+        dropped = [c["id"] for c in categories if c.get("name") in background_names]
         self.names = ["background", *(str(c["name"]) for c in kept)]
         self.category_ids = [int(c["id"]) for c in kept]
-        self.category_to_label = {cid: k + 1 for k, cid in enumerate(self.category_ids)}
+        self.label_to_category = {k + 1: cid for k, cid in enumerate(self.category_ids)}
+        self.category_to_label = {cid: label for label, cid in self.label_to_category.items()}
         for annotation in coco.dataset["annotations"]:
             cid = annotation.get("category_id")
-            if cid in self.dropped:
+            if cid in dropped:
                 raise ValueError(
                     f"data=coco: annotation {annotation['id']} in {source} has category {cid}, "
                     f"named like the background ({list(background_names)}); relabel it or set "
@@ -171,36 +153,35 @@ class CocoCategories:
                     f"which the file's 'categories' do not list"
                 )
 
-    @property
-    def label_to_category(self) -> dict[int, int]:
-        return {k + 1: cid for k, cid in enumerate(self.category_ids)}
 
-
-class _CocoImages:
-    """Shared reading of one split: image ids, image files, per-image annotations."""
+class _CocoSplit:
+    """The images of one split: image files and per-image objects (``image_ids``: the file's)."""
 
     def __init__(
         self,
         coco: COCO,
         image_dir: str | Path,
         categories: CocoCategories,
+        *,
         image_ids: Sequence[int] | None = None,
+        **kwargs: Any,
     ) -> None:
+        super().__init__(**kwargs)
         self.coco = coco
         self.image_dir = Path(image_dir).expanduser()
         self.categories = categories
         self.image_ids = list(image_ids) if image_ids is not None else sorted(coco.imgs)
 
-    def image(self, image_id: int) -> tuple[np.ndarray, str]:
-        info = self.coco.imgs[image_id]
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def image(self, index: int) -> tuple[np.ndarray, str]:
+        """The RGB image (H, W, 3) of sample ``index`` and its file."""
+        info = self.coco.imgs[self.image_ids[index]]
         path = self.image_dir / info["file_name"]
         if not path.is_file():
-            raise FileNotFoundError(f"data=coco: image {path} (image id {image_id}) not found")
-        try:
-            with Image.open(path) as img:
-                image = np.array(img.convert("RGB"), dtype=np.uint8)
-        except OSError as err:
-            raise ValueError(f"data=coco: image {path} could not be read ({err})") from err
+            raise FileNotFoundError(f"data=coco: image {path} (image id {info['id']}) not found")
+        image = read_image(path, "data=coco:")
         expected = (int(info["height"]), int(info["width"]))
         if image.shape[:2] != expected:
             raise ValueError(
@@ -209,11 +190,11 @@ class _CocoImages:
             )
         return image, str(path)
 
-    def objects(self, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(masks (n, H, W) uint8, labels (n,) int64, iscrowd (n,) int64) of an image."""
-        info = self.coco.imgs[image_id]
+    def objects(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(masks (n, H, W) uint8, labels (n,) int64, iscrowd (n,) int64) of sample ``index``."""
+        info = self.coco.imgs[self.image_ids[index]]
         height, width = int(info["height"]), int(info["width"])
-        annotations = self.coco.imgToAnns.get(image_id, [])
+        annotations = self.coco.imgToAnns.get(info["id"], [])
         masks = np.zeros((len(annotations), height, width), np.uint8)
         labels = np.zeros(len(annotations), np.int64)
         iscrowd = np.zeros(len(annotations), np.int64)
@@ -224,7 +205,7 @@ class _CocoImages:
         return masks, labels, iscrowd
 
 
-class CocoInstanceDataset(InstanceDataset):
+class CocoInstanceDataset(_CocoSplit, InstanceDataset):
     """Instance view: one target per annotation, crowd ones marked ``iscrowd = 1`` (the task keeps
     them out of the losses; the AP metrics ignore detections on them). ``image_id`` is the file's.
 
@@ -233,64 +214,30 @@ class CocoInstanceDataset(InstanceDataset):
         image_dir: the folder the images' ``file_name`` are relative to.
         categories: the label mapping.
         image_ids: the images of this dataset (default: all, ascending id).
-        num_classes, transform: as for ``InstanceDataset``.
+        **kwargs: ``InstanceDataset``'s arguments.
     """
 
-    def __init__(
-        self,
-        coco: COCO,
-        image_dir: str | Path,
-        categories: CocoCategories,
-        *,
-        image_ids: Sequence[int] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.images = _CocoImages(coco, image_dir, categories, image_ids)
-        self.coco = coco
-        self.image_ids = self.images.image_ids
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
     def load_instances(self, index: int) -> dict[str, Any]:
-        image_id = self.image_ids[index]
-        image, name = self.images.image(image_id)
-        masks, labels, iscrowd = self.images.objects(image_id)
+        image, name = self.image(index)
+        masks, labels, iscrowd = self.objects(index)
         return {
             "image": image,
             "masks": masks,
             "labels": labels,
             "iscrowd": iscrowd,
-            "image_id": image_id,
+            "image_id": self.image_ids[index],
             "name": name,
         }
 
 
-class CocoSemanticDataset(SemanticDataset):
+class CocoSemanticDataset(_CocoSplit, SemanticDataset):
     """Semantic view: each pixel takes the label of the smallest object covering it (so small
     objects stay visible on large ones), crowd regions not covered by another object are
-    ``ignore_index``, the rest background (0)."""
-
-    def __init__(
-        self,
-        coco: COCO,
-        image_dir: str | Path,
-        categories: CocoCategories,
-        *,
-        image_ids: Sequence[int] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.images = _CocoImages(coco, image_dir, categories, image_ids)
-        self.image_ids = self.images.image_ids
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
+    ``ignore_index``, the rest background (0). Arguments as for ``CocoInstanceDataset``."""
 
     def load_mask(self, index: int) -> np.ndarray:
-        masks, labels, iscrowd = self.images.objects(self.image_ids[index])
-        info = self.images.coco.imgs[self.image_ids[index]]
+        masks, labels, iscrowd = self.objects(index)
+        info = self.coco.imgs[self.image_ids[index]]
         mask = np.zeros((int(info["height"]), int(info["width"])), np.int64)
         area = masks.reshape(len(masks), -1).sum(1)
         # crowd first, then objects from the largest to the smallest: later ones paint over
@@ -300,8 +247,13 @@ class CocoSemanticDataset(SemanticDataset):
         return mask
 
     def load_sample(self, index: int) -> dict[str, Any]:
-        image, name = self.images.image(self.image_ids[index])
+        image, name = self.image(index)
         return {"image": image, "mask": self.load_mask(index), "name": name}
+
+
+COCO_INFO = DatasetInfo(
+    name="coco", views={"semantic": None, "instance": None}, how_to_get=HOW_TO_GET
+)
 
 
 class CocoDataModule(SegmentationDataModule):
@@ -320,6 +272,8 @@ class CocoDataModule(SegmentationDataModule):
             or None to take them from the first split's file.
         **kwargs: ``SegmentationDataModule``'s arguments.
     """
+
+    info = COCO_INFO
 
     def __init__(
         self,
@@ -342,31 +296,21 @@ class CocoDataModule(SegmentationDataModule):
         if not files:
             raise ValueError("data.split_files is empty: give at least one split")
         self.split_files = files
-        self.splits = tuple(files)
-        self.root = Path(data_dir).expanduser()
+        self.first = next(iter(files))
         self.filter_empty_train = filter_empty_train
         self.background_names = tuple(background_names)
         self._coco: dict[str, COCO] = {}
         self._categories: CocoCategories | None = None
-        if class_names is None:
-            class_names = self.categories.names
-            if num_classes != len(class_names):
-                raise ValueError(
-                    f"data.num_classes={num_classes} but {self._path(self.splits[0], 'annotations')}"
-                    f" has {len(class_names) - 1} categories (+ background): set "
-                    f"data.num_classes={len(class_names)}"
-                )
         super().__init__(
             num_classes=num_classes, class_names=class_names, data_dir=data_dir, **kwargs
         )
-        if self.task == "panoptic":
-            raise ValueError("data=coco reads instance annotations: task semantic or instance")
-        if self.task == "instance":
-            self.collate_fn = list_collate
-        self._checked: set[str] = set()
+        self.splits = tuple(files)
+        if class_names is None:  # take them from the first file, checking data.num_classes
+            self.class_names = self.categories.names
+            self._check(self.first)
 
     def _path(self, split: str, key: str) -> Path:
-        return self.root / self.split_files[split][key]
+        return Path(self.data_dir or "").expanduser() / self.split_files[split][key]
 
     def coco(self, split: str) -> COCO:
         """The split's annotations as a pycocotools ``COCO`` (annotation ids >= 1), e.g. for
@@ -381,10 +325,9 @@ class CocoDataModule(SegmentationDataModule):
     def categories(self) -> CocoCategories:
         """The label mapping, from the first split's file."""
         if self._categories is None:
-            first = self.splits[0]
             self._categories = CocoCategories(
-                self.coco(first),
-                source=str(self._path(first, "annotations")),
+                self.coco(self.first),
+                source=str(self._path(self.first, "annotations")),
                 background_names=self.background_names,
             )
         return self._categories
@@ -394,17 +337,16 @@ class CocoDataModule(SegmentationDataModule):
         """Contiguous label -> the file's category id (for COCO results files)."""
         return self.categories.label_to_category
 
-    def _check(self, split: str) -> CocoCategories:
-        source = str(self._path(split, "annotations"))
+    def _check(self, split: str) -> None:
+        """Check the split's file against the first one's categories and the config's classes."""
+        source = self._path(split, "annotations")
         categories = CocoCategories(
-            self.coco(split), source=source, background_names=self.background_names
+            self.coco(split), source=str(source), background_names=self.background_names
         )
-        if split in self._checked:
-            return categories
         if categories.category_ids != self.categories.category_ids:
             raise ValueError(
                 f"data=coco: {source} has the categories {categories.category_ids}, but "
-                f"{self._path(self.splits[0], 'annotations')} has {self.categories.category_ids}"
+                f"{self._path(self.first, 'annotations')} has {self.categories.category_ids}"
             )
         if self.num_classes != len(categories.names):
             raise ValueError(
@@ -417,15 +359,11 @@ class CocoDataModule(SegmentationDataModule):
                 f"data.class_names={list(self.class_names)} differ from the categories of "
                 f"{source} {categories.names}: set data.class_names=null to take them from the file"
             )
-        self._checked.add(split)
-        return categories
 
     def build_dataset(self, split: str) -> Dataset:
-        categories = self._check(split)
+        self._check(split)
         coco = self.coco(split)
-        image_dir = self._path(split, "images")
-        if not image_dir.is_dir():
-            raise FileNotFoundError(f"data=coco: image folder {image_dir} not found; {HOW_TO_GET}")
+        image_dir = self.require_dir(self._path(split, "images"), "image folder")
         image_ids = sorted(coco.imgs)
         if split == "train" and self.filter_empty_train:
             image_ids = [
@@ -438,16 +376,6 @@ class CocoDataModule(SegmentationDataModule):
                     f"data=coco: no image of {self._path(split, 'annotations')} has a non-crowd "
                     "annotation (data.filter_empty_train=true left the train split empty)"
                 )
-        if self.task == "instance":
-            transform = self.train_transforms if split == "train" else self.eval_transforms
-            return CocoInstanceDataset(
-                coco,
-                image_dir,
-                categories,
-                image_ids=image_ids,
-                num_classes=self.num_classes,
-                transform=transform,
-            )
-        return CocoSemanticDataset(
-            coco, image_dir, categories, image_ids=image_ids, **self.dataset_kwargs(split)
-        )
+        view = {"semantic": CocoSemanticDataset, "instance": CocoInstanceDataset}[self.task]
+        kwargs = self.dataset_kwargs(split)
+        return view(coco, image_dir, self.categories, image_ids=image_ids, **kwargs)

@@ -12,27 +12,32 @@ classes apart.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from seglab.data.base import InstanceDataset, SegmentationDataModule, SemanticDataset, list_collate
+from seglab.data.base import (
+    DatasetInfo,
+    InstanceDataset,
+    SegmentationDataModule,
+    SemanticDataset,
+    edge_boxes,
+)
 
-__all__ = [
-    "STUFF_TEXTURES",
-    "THING_SHAPES",
-    "Scene",
-    "ShapesDataModule",
-    "ShapesGenerator",
-    "ShapesInstanceDataset",
-    "ShapesSemanticDataset",
-]
+__all__ = ["STUFF_TEXTURES", "THING_SHAPES", "Scene", "ShapesDataModule",
+           "ShapesGenerator", "ShapesInstanceDataset", "ShapesSemanticDataset"]  # fmt: skip
 
 STUFF_TEXTURES = ("flat", "speckle", "stripes", "checker")
 THING_SHAPES = ("disk", "square", "triangle", "ring")
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
+# classes: from the generator's settings (stuff + things; background + things for instances)
+SHAPES = DatasetInfo(
+    name="shapes", views={"semantic": None, "instance": None}, mean=(0.5,) * 3, std=(0.25,) * 3
+)
 
 
 @dataclass(frozen=True)
@@ -53,11 +58,7 @@ class Scene:
     @property
     def boxes(self) -> np.ndarray:
         """(n, 4) float32 xyxy boxes around the visible part of each thing (pixel edges)."""
-        boxes = np.zeros((len(self.thing_labels), 4), np.float32)
-        for k, mask in enumerate(self.instance_masks):
-            ys, xs = np.nonzero(mask)
-            boxes[k] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-        return boxes
+        return edge_boxes(self.instance_masks).numpy()
 
     @property
     def panoptic(self) -> np.ndarray:
@@ -269,57 +270,37 @@ class ShapesInstanceDataset(_ShapesSplit, InstanceDataset):
 
 
 class ShapesDataModule(SegmentationDataModule):
-    """``data=shapes``: generated scenes, no download. ``num_samples`` maps split -> size.
+    """``data=shapes``: generated scenes, no download. ``num_samples`` maps split -> size; the
+    other generator settings are ``ShapesGenerator``'s.
 
-    ``task=semantic`` gives ``ShapesSemanticDataset`` samples, ``task=instance`` gives
-    ``ShapesInstanceDataset`` samples in lists (torchvision detection format).
+    ``task=semantic`` gives ``ShapesSemanticDataset`` samples (stuff then thing classes),
+    ``task=instance`` gives ``ShapesInstanceDataset`` samples in lists (background + things).
     """
 
+    info = SHAPES
+
     def __init__(
-        self,
-        *,
-        num_samples: dict[str, int] | None = None,
-        seed: int = 0,
-        image_size: int | Sequence[int] = 64,
-        stuff_classes: Sequence[str] = ("flat", "speckle", "stripes"),
-        thing_classes: Sequence[str] = ("disk", "square", "triangle"),
-        stuff_regions: Sequence[int] = (2, 4),
-        things: Sequence[int] = (1, 5),
-        thing_size: Sequence[float] = (0.12, 0.28),
-        min_visible: int = 4,
-        noise: float = 0.03,
-        **kwargs,
+        self, *, num_samples: dict[str, int] | None = None, seed: int = 0, **kwargs: Any
     ) -> None:
-        super().__init__(**kwargs)
+        settings = inspect.signature(ShapesGenerator).parameters
         self.generator = ShapesGenerator(
-            image_size=image_size,
-            stuff_classes=stuff_classes,
-            thing_classes=thing_classes,
-            stuff_regions=stuff_regions,
-            things=things,
-            thing_size=thing_size,
-            min_visible=min_visible,
-            noise=noise,
+            **{k: kwargs.pop(k) for k in list(kwargs) if k in settings}
         )
+        super().__init__(**kwargs)
         self.num_samples = {"train": 512, "val": 64, "test": 64, **(num_samples or {})}
         self.seed = seed
-        if self.task == "panoptic":
-            raise ValueError("data=shapes: the panoptic view has no task yet (semantic, instance)")
-        names = self.generator.class_names
+
+    def view_classes(self) -> tuple[str, ...]:
         if self.task == "instance":
-            names = ("background", *self.generator.thing_classes)
-            self.collate_fn = list_collate
-        if self.num_classes != len(names):
-            raise ValueError(
-                f"data.num_classes={self.num_classes} but data=shapes has {len(names)} "
-                f"{self.task} classes {list(names)}"
-            )
+            return ("background", *self.generator.thing_classes)
+        return self.generator.class_names
 
     def build_dataset(self, split: str) -> Dataset:
-        common = {"num_samples": self.num_samples[split], "seed": self.seed, "split": split}
-        if self.task == "instance":
-            transform = self.train_transforms if split == "train" else self.eval_transforms
-            return ShapesInstanceDataset(
-                self.generator, num_classes=self.num_classes, transform=transform, **common
-            )
-        return ShapesSemanticDataset(self.generator, **common, **self.dataset_kwargs(split))
+        view = {"semantic": ShapesSemanticDataset, "instance": ShapesInstanceDataset}[self.task]
+        return view(
+            self.generator,
+            num_samples=self.num_samples[split],
+            seed=self.seed,
+            split=split,
+            **self.dataset_kwargs(split),
+        )

@@ -81,16 +81,13 @@ def _remap(
 class ElasticDeformation(DualTransform):
     """Elastic deformation of U-Net (Ronneberger et al., MICCAI 2015, section 3.1).
 
-    Random displacement vectors are drawn on a coarse ``grid`` x ``grid`` lattice spanning the
-    image (nodes on the corners and evenly in between) from a Gaussian with ``sigma`` pixels
-    standard deviation, independently for x and y, and upsampled to a per-pixel displacement field
-    by bicubic interpolation (Keys' cubic convolution, a = -0.5). Every target is resampled with
-    that one field through ``cv2.remap``: the image with ``interpolation`` (bilinear or bicubic),
-    masks (``mask``, ``masks`` and every additional target declared as ``"mask"``, e.g. a float
-    weight map) with nearest neighbour whatever ``A.Compose(mask_interpolation=...)`` says, so
-    masks keep their label set and float masks their exact values and dtype. Pixels pulled from
-    outside the image come from ``border_mode`` (mirrored by default; ``fill`` and ``fill_mask``
-    are the values for ``cv2.BORDER_CONSTANT``, and ``fill_mask`` applies to every mask target).
+    Displacements drawn from N(0, ``sigma``) pixels on a coarse ``grid`` x ``grid`` lattice
+    spanning the image (nodes on the corners and evenly between), for x and y, are upsampled to
+    a per-pixel field by bicubic interpolation (Keys, a = -0.5). Every target is resampled with
+    that one field through ``cv2.remap``: the image with ``interpolation``, masks (``mask``,
+    ``masks`` and every target declared as ``"mask"``, e.g. a float weight map) with nearest
+    neighbour whatever ``A.Compose`` says, so they keep their values and dtype. Pixels pulled
+    from outside come from ``border_mode`` (``fill`` / ``fill_mask`` for ``BORDER_CONSTANT``).
 
     Not in the paper, which leaves them open: the node placement, the cubic kernel's parameter and
     the border handling. Randomness comes from the transform's ``random_generator``, so

@@ -1,18 +1,19 @@
 """U-Net's pixel-wise loss weight map (Ronneberger et al., MICCAI 2015, equation 2).
 
 Written by hand because no installed library computes it; scipy does the labelling and the
-distance transforms.
+distance transforms. ``UNetWeightMap`` is the object a data config builds (``data.weight_map``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["connected_components", "separation_reach", "unet_weight_map"]
+__all__ = ["UNetWeightMap", "connected_components", "separation_reach", "unet_weight_map"]
 
 
 def connected_components(
@@ -102,31 +103,19 @@ def unet_weight_map(
 ) -> np.ndarray:
     """U-Net's loss weight map ``w = w_c + w0 * exp(-(d1 + d2)^2 / (2 sigma^2))``.
 
-    ``instances`` is an integer instance-id map (0 = background, any positive ids, not
-    necessarily consecutive; for a binary mask use ``connected_components`` first). ``d1`` and
-    ``d2`` are the distances from a pixel to the border of the nearest and second-nearest object,
-    measured as the Euclidean distance to the nearest pixel centre of that object minus half a
-    pixel, so that inside a straight gap of ``g`` background pixels between two objects
-    ``d1 + d2 = g``. The separation term is added on background pixels only, and only where at
-    least two objects exist.
+    ``instances``: (H, W) integer ids, 0 = background (for a binary mask use
+    ``connected_components`` first). ``d1``, ``d2``: distances to the border of the nearest and
+    second-nearest object (to its nearest pixel centre minus half a pixel, so that across a gap
+    of ``g`` pixels ``d1 + d2 = g``); the term is added on background pixels, where at least two
+    objects exist. ``w_c`` over background and foreground, per image: None (1 everywhere),
+    ``"balanced"`` (``N / (K * N_c)``: each of the K classes present carries N / K) or
+    ``(background_weight, foreground_weight)``.
 
-    ``w_c`` balances class frequencies over the two classes background (id 0) and foreground
-    (any object), per image:
+    Distances are computed per object in its box dilated by ``ceil(separation_reach(sigma,
+    cutoff))`` pixels, so cost grows with the objects' area; the term is 0 where it would be
+    below ``cutoff * w0`` and equals a full-image computation everywhere else.
 
-    - ``None``: ``w_c = 1`` everywhere;
-    - ``"balanced"``: ``w_c(x) = N / (K * N_c(x))`` with N pixels, K the number of classes present
-      in the image (1 or 2) and N_c(x) the pixel count of x's class, so that each present class
-      carries the same total weight N / K (an image of one class gets 1 everywhere);
-    - ``(background_weight, foreground_weight)``: fixed weights.
-
-    Distances are computed per object in its bounding box dilated by a margin of
-    ``ceil(separation_reach(sigma, cutoff))`` pixels (19 for the defaults) and reduced with a
-    running two-smallest update, so time and memory grow with the objects' area, not their number
-    times the image size. The term is set to 0 where ``d1 + d2 > separation_reach(sigma,
-    cutoff)``, i.e. where it would be below ``cutoff * w0``; everywhere else the result equals a
-    full-image computation.
-
-    Shapes: ``instances`` (H, W) integer -> float32 (H, W).
+    Returns: float32 (H, W).
     """
     instances = np.asarray(instances)
     if instances.ndim != 2:
@@ -157,3 +146,46 @@ def unet_weight_map(
     near_two = background & (total <= reach)
     weight[near_two] += w0 * np.exp(-np.square(total[near_two]) / (2.0 * sigma**2))
     return weight
+
+
+@dataclass(frozen=True)
+class UNetWeightMap:
+    """``data.weight_map``: U-Net's weight map of a semantic sample (``unet_weight_map``).
+
+    The objects are the sample's instance ids where the dataset has them (DSB 2018's nuclei),
+    else the connected components of the labelled pixels of classes other than 0 (ISBI 2012's
+    cells). An unlabelled sample gets 1 everywhere; ignored pixels count as background.
+
+    Args:
+        w0, sigma: the separation term's weight and width in pixels (paper: 10 and 5).
+        class_weights: ``w_c``: None (1 everywhere), ``"balanced"`` or ``(background_weight,
+            foreground_weight)``.
+        connectivity: 4 or 8, for the connected components.
+    """
+
+    w0: float = 10.0
+    sigma: float = 5.0
+    class_weights: str | Sequence[float] | None = "balanced"
+    connectivity: int = 4
+
+    def __post_init__(self) -> None:
+        # fail at config time, not in the first batch
+        probe = np.zeros((2, 2), np.int32)
+        unet_weight_map(probe, w0=self.w0, sigma=self.sigma, class_weights=self.class_weights)
+        if self.connectivity not in (4, 8):
+            raise ValueError(f"data.weight_map.connectivity={self.connectivity}: expected 4 or 8")
+
+    def __call__(
+        self, mask: np.ndarray, instances: np.ndarray | None, ignore_index: int
+    ) -> np.ndarray:
+        """The weight map (H, W) float32 of a class mask (H, W) and its instance ids or None."""
+        labelled = mask != ignore_index
+        if not labelled.any():
+            return np.ones(mask.shape, np.float32)
+        if instances is None:
+            instances = connected_components(
+                labelled & (mask != 0), foreground=True, connectivity=self.connectivity
+            )
+        return unet_weight_map(
+            instances, w0=self.w0, sigma=self.sigma, class_weights=self.class_weights
+        )

@@ -10,13 +10,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from seglab.metrics.mask_ap import MaskAP
     from seglab.metrics.panoptic_quality import PanopticQuality, pq_compute
     from seglab.metrics.rand_error import RandError
     from seglab.metrics.semantic import SemanticMetrics
 
-__all__ = ["PanopticQuality", "RandError", "SemanticMetrics", "pq_compute"]
+__all__ = ["MaskAP", "PanopticQuality", "RandError", "SemanticMetrics", "pq_compute"]
 
 _SOURCES = {
+    "MaskAP": "mask_ap",
     "PanopticQuality": "panoptic_quality",
     "pq_compute": "panoptic_quality",
     "RandError": "rand_error",

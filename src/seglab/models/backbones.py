@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision import models as tvm
+from torchvision.models._utils import IntermediateLayerGetter
 
 __all__ = [
     "ResNetFeatures",
@@ -144,38 +145,23 @@ def vgg16(
 
 
 _DILATE = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
+_STAGES = {"layer1": "res2", "layer2": "res3", "layer3": "res4", "layer4": "res5"}
 
 
-class ResNetFeatures(nn.Module):
-    """A torchvision ResNet without its pooling and classifier, returning every stage.
+class ResNetFeatures(IntermediateLayerGetter):
+    """A torchvision ResNet without its pooling and classifier, returning every stage: torchvision's
+    ``IntermediateLayerGetter`` (module names as in torchvision's ResNet) with stages renamed.
 
     ``forward(x: (N, C, H, W)) -> {"res2": (N, 256, H/4, W/4), "res3": ..., "res4": ...,
-    "res5": (N, 2048, H/os, W/os)}`` for bottleneck ResNets (sizes rounded up). Module names
-    follow torchvision's ResNet (as the ``backbone`` of its segmentation models does).
+    "res5": (N, 2048, H/os, W/os)}`` for bottleneck ResNets (sizes rounded up);
+    ``out_channels`` maps each stage to its channels.
     """
 
     def __init__(self, model: tvm.ResNet) -> None:
-        super().__init__()
-        self.conv1 = model.conv1
-        self.bn1 = model.bn1
-        self.relu = model.relu
-        self.maxpool = model.maxpool
-        self.layer1 = model.layer1
-        self.layer2 = model.layer2
-        self.layer3 = model.layer3
-        self.layer4 = model.layer4
+        super().__init__(model, return_layers=_STAGES)
         self.out_channels = {
-            f"res{i + 2}": layer[-1].conv3.out_channels
-            for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4))
+            stage: getattr(model, layer)[-1].conv3.out_channels for layer, stage in _STAGES.items()
         }
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        res2 = self.layer1(x)
-        res3 = self.layer2(res2)
-        res4 = self.layer3(res3)
-        res5 = self.layer4(res4)
-        return {"res2": res2, "res3": res3, "res4": res4, "res5": res5}
 
 
 def resnet(

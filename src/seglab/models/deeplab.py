@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.models.segmentation.fcn import FCNHead
 
 from seglab.models import backbones
-from seglab.models.heads import FCNHead, conv_bn_relu, resize
+from seglab.models.heads import SegmentationModel, conv_bn_relu, resize
 
 __all__ = [
     "ASPP",
@@ -119,7 +120,7 @@ class DeepLabV3Head(nn.Sequential):
         super().__init__(*layers)
 
 
-class DeepLabV3(nn.Module):
+class DeepLabV3(SegmentationModel):
     """DeepLabv3: an atrous ResNet with atrous spatial pyramid pooling.
 
     Chen, Papandreou, Schroff, Adam, "Rethinking Atrous Convolution for Semantic Image
@@ -184,13 +185,8 @@ class DeepLabV3(nn.Module):
             FCNHead(self.backbone.out_channels["res4"], num_classes) if aux else None
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        size = x.shape[-2:]
-        features = self.backbone(x)
-        out = resize(self.classifier(features["res5"]), size)
-        if self.aux_classifier is not None and self.training:
-            return {"out": out, "aux": resize(self.aux_classifier(features["res4"]), size)}
-        return out
+    def decode(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.classifier(features["res5"])
 
 
 class DeepLabV3PlusDecoder(nn.Module):
@@ -221,7 +217,7 @@ class DeepLabV3PlusDecoder(nn.Module):
         return self.fuse(torch.cat([resize(high, low.shape[-2:]), low], dim=1))
 
 
-class DeepLabV3Plus(nn.Module):
+class DeepLabV3Plus(SegmentationModel):
     """DeepLabv3+: the DeepLabv3 encoder with a decoder on the res2 features.
 
     Chen, Zhu, Papandreou, Schroff, Adam, "Encoder-Decoder with Atrous Separable Convolution for
@@ -287,11 +283,5 @@ class DeepLabV3Plus(nn.Module):
         self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
         self.aux_classifier = FCNHead(channels["res4"], num_classes) if aux else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        size = x.shape[-2:]
-        features = self.backbone(x)
-        high = self.aspp(features["res5"])
-        out = resize(self.classifier(self.decoder(high, features["res2"])), size)
-        if self.aux_classifier is not None and self.training:
-            return {"out": out, "aux": resize(self.aux_classifier(features["res4"]), size)}
-        return out
+    def decode(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.decoder(self.aspp(features["res5"]), features["res2"]))

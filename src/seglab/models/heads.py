@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["FCNHead", "conv_bn_relu", "resize"]
+__all__ = ["SegmentationModel", "conv_bn_relu", "resize"]
 
 
 def resize(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
@@ -56,26 +56,30 @@ def conv_bn_relu(
     )
 
 
-class FCNHead(nn.Sequential):
-    """Auxiliary head: 3x3 conv to ``in_channels // 4`` + BN + ReLU, dropout, 1x1 conv to K.
+class SegmentationModel(nn.Module):
+    """Backbone -> head -> logits upsampled to the input, plus an auxiliary head on the backbone's
+    ``res4`` in train mode: the forward of torchvision's ``_SimpleSegmentationModel``, shared by
+    PSPNet, DeepLabV3 and DeepLabV3Plus.
 
-    The auxiliary classifier of PSPNet (on res4, weighted 0.4 in the loss) and torchvision's
-    segmentation models. ``forward(x: (N, C, h, w)) -> (N, K, h, w)``.
+    A subclass sets ``self.backbone`` (features by stage name, see ``backbones.ResNetFeatures``),
+    ``self.aux_classifier`` (a module or None) and its head's modules, and implements
+    ``decode(features) -> logits (N, K, h, w)``.
+
+    ``forward(x: (N, C, H, W)) -> (N, K, H, W)``; ``{"out", "aux"}`` of that shape in train mode
+    when there is an auxiliary head.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        *,
-        channels: int | None = None,
-        dropout: float = 0.1,
-    ) -> None:
-        channels = channels or in_channels // 4
-        super().__init__(
-            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Conv2d(channels, num_classes, 1),
-        )
+    backbone: nn.Module
+    aux_classifier: nn.Module | None
+
+    def decode(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (N, K, h, w) at the head's resolution from the backbone's features."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        features = self.backbone(x)
+        out = resize(self.decode(features), size)
+        if self.aux_classifier is not None and self.training:
+            return {"out": out, "aux": resize(self.aux_classifier(features["res4"]), size)}
+        return out

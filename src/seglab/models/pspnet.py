@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.models.segmentation.fcn import FCNHead
 
 from seglab.models import backbones
-from seglab.models.heads import FCNHead, resize
+from seglab.models.heads import SegmentationModel, resize
 
 __all__ = ["PSPBlock", "PSPModule", "PSPNet"]
 
@@ -47,7 +48,7 @@ class PSPModule(nn.Module):
         return torch.cat([x, *(block(x) for block in self.blocks)], dim=1)
 
 
-class PSPNet(nn.Module):
+class PSPNet(SegmentationModel):
     """Pyramid scene parsing network on a dilated ResNet, with an auxiliary FCN head on res4.
 
     Zhao, Shi, Qi, Wang, Jia, "Pyramid Scene Parsing Network", CVPR 2017. Dilated ResNet-50 at
@@ -101,10 +102,5 @@ class PSPNet(nn.Module):
             FCNHead(self.backbone.out_channels["res4"], num_classes) if aux else None
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        size = x.shape[-2:]
-        features = self.backbone(x)
-        out = resize(self.classifier(self.ppm(features["res5"])), size)
-        if self.aux_classifier is not None and self.training:
-            return {"out": out, "aux": resize(self.aux_classifier(features["res4"]), size)}
-        return out
+    def decode(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.ppm(features["res5"]))

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.transforms.v2.functional import center_crop
 
-__all__ = ["UNet", "UNetConvBlock", "center_crop"]
-
-
-def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Crop the last two dimensions of ``x`` to ``(height, width)`` around the centre."""
-    h, w = x.shape[-2:]
-    top, left = (h - height) // 2, (w - width) // 2
-    return x[..., top : top + height, left : left + width]
+__all__ = ["UNet", "UNetConvBlock"]
 
 
 class UNetConvBlock(nn.Sequential):
@@ -157,7 +151,8 @@ class UNet(nn.Module):
         x = self.dropout(self.bottleneck(x))
         for up, block, skip in zip(self.upconvs, self.decoder, reversed(skips)):
             x = up(x)
-            skip = center_crop(skip, *x.shape[-2:])
+            # Even size differences (output_size refuses the rest): torchvision's centre is exact.
+            skip = center_crop(skip, list(x.shape[-2:]))
             x = torch.cat([skip, x], dim=1) if self.skip == "concat" else x + skip
             x = block(x)
         x = self.head(x)

@@ -6,18 +6,15 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import lightning as L
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric
-from torchmetrics.detection import MeanAveragePrecision
 
-from seglab.tasks.optim import configure_optimizers
+from seglab.metrics.mask_ap import MaskAP
+from seglab.tasks.base import SegmentationTask
 
-__all__ = ["LOSS_KEYS", "InstanceSegmentationTask", "MaskAP", "loss_mode"]
+__all__ = ["LOSS_KEYS", "InstanceSegmentationTask", "loss_mode"]
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 # torchmetrics' result keys -> logged names (``{stage}/{name}_{bbox|segm}``)
@@ -61,57 +58,7 @@ def loss_mode(net: nn.Module) -> Iterator[nn.Module]:
             module.training = mode
 
 
-class MaskAP(MeanAveragePrecision):
-    """COCO box and mask AP / AR: torchmetrics' ``MeanAveragePrecision(iou_type=("bbox", "segm"))``
-    (pycocotools' COCOeval underneath), made exact under DDP.
-
-    torchmetrics gathers its per-image lists element by element, which needs the same number of
-    images on every rank and interleaves them by rank. Here the states of all ranks are gathered as
-    objects (any number of images per rank) and ``compute`` evaluates the images in the order of
-    their ``image_id``, so the numbers do not depend on how the images were spread over ranks (the
-    order decides COCOeval's ties between equal scores). The IoU and recall thresholds are
-    COCOeval's float64 ones (``np.linspace``), so the numbers equal COCOeval run directly.
-
-    ``update(preds, target)``: torchmetrics' format (boxes xyxy, ``masks`` bool (N, H, W)), each
-    target with an ``image_id`` int and optionally ``iscrowd`` and ``area``.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("iou_type", ("bbox", "segm"))
-        kwargs.setdefault("backend", "pycocotools")
-        # COCOeval's own thresholds: torchmetrics' defaults come from a float32 torch.linspace
-        # (0.2 -> 0.20000000298...), which moves recall thresholds past recalls such as 1/5.
-        kwargs.setdefault("iou_thresholds", np.linspace(0.5, 0.95, 10).tolist())
-        kwargs.setdefault("rec_thresholds", np.linspace(0.0, 1.0, 101).tolist())
-        super().__init__(**kwargs)
-        self.add_state("image_ids", default=[], dist_reduce_fx=None)
-
-    def update(self, preds: list[dict[str, Any]], target: list[dict[str, Any]]) -> None:
-        super().update(preds, target)
-        for item in target:
-            self.image_ids.append(torch.tensor(int(item["image_id"]), dtype=torch.int64))
-
-    def _sync_dist(self, dist_sync_fn: Callable | None = None, process_group: Any = None) -> None:
-        group = process_group or self.process_group
-        local = {
-            name: [v.cpu() if isinstance(v, torch.Tensor) else v for v in getattr(self, name)]
-            for name in self._defaults
-        }
-        gathered: list[Any] = [None] * dist.get_world_size(group)
-        dist.all_gather_object(gathered, local, group=group)
-        for name in self._defaults:
-            setattr(self, name, [v for part in gathered for v in part[name]])
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        order = sorted(range(len(self.image_ids)), key=lambda i: int(self.image_ids[i]))
-        for name in self._defaults:
-            values = getattr(self, name)
-            if len(values) == len(order):
-                setattr(self, name, [values[i] for i in order])
-        return super().compute()
-
-
-class InstanceSegmentationTask(L.LightningModule):
+class InstanceSegmentationTask(SegmentationTask):
     """LightningModule of an instance segmentation net with torchvision's detection contract.
 
     Batches are ``(list[image (C, H, W) float in [0, 1]], list[target])`` with targets holding
@@ -144,6 +91,8 @@ class InstanceSegmentationTask(L.LightningModule):
         val_losses: compute the validation / test losses (one more forward pass per batch).
     """
 
+    main_metric = "map_segm"
+
     def __init__(
         self,
         *,
@@ -155,9 +104,13 @@ class InstanceSegmentationTask(L.LightningModule):
         class_names: Sequence[str] | None = None,
         val_losses: bool = True,
     ) -> None:
-        super().__init__()
-        # Plain values only, so checkpoints load with torch.load(weights_only=True).
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        super().__init__(
+            net=net,
+            num_classes=num_classes,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            class_names=class_names,
+        )
         net_classes = getattr(net, "num_classes", num_classes)
         if net_classes != num_classes:
             raise ValueError(
@@ -165,21 +118,13 @@ class InstanceSegmentationTask(L.LightningModule):
             )
         if not 0 < mask_threshold <= 1:
             raise ValueError(f"model.mask_threshold={mask_threshold}: expected 0 < t <= 1")
-        self.net = net
-        self.num_classes = num_classes
         self.mask_threshold = mask_threshold
-        self.optimizer_fn = optimizer
-        self.scheduler_fn = scheduler
-        self.class_names = (
-            list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        )
         self.val_losses = val_losses
-        # One metric object per stage.
-        self.val_ap = MaskAP()
-        self.test_ap = MaskAP()
+        self.add_stage_metric("ap", ("val", "test"), MaskAP)
         names = (*LOSS_KEYS, "loss")
-        self.val_loss = nn.ModuleDict({k: MeanMetric() for k in names})
-        self.test_loss = nn.ModuleDict({k: MeanMetric() for k in names})
+        self.add_stage_metric(
+            "loss", ("val", "test"), lambda: nn.ModuleDict({k: MeanMetric() for k in names})
+        )
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Detections of the net in eval mode (its losses in train mode need targets)."""
@@ -255,10 +200,10 @@ class InstanceSegmentationTask(L.LightningModule):
     def _eval_step(self, batch: tuple[list, list], stage: str) -> None:
         images, targets = list(batch[0]), list(batch[1])
         detections = self.net(images)
-        getattr(self, f"{stage}_ap").update(*self.metric_inputs(detections, targets))
+        self.stage_metrics[stage]["ap"].update(*self.metric_inputs(detections, targets))
         if self.val_losses:
             losses = self.eval_losses(images, targets)
-            meters = getattr(self, f"{stage}_loss")
+            meters = self.stage_metrics[stage]["loss"]
             for key, value in losses.items():
                 if key in meters:
                     meters[key].update(value, weight=len(images))
@@ -271,31 +216,19 @@ class InstanceSegmentationTask(L.LightningModule):
         self._eval_step(batch, "test")
 
     def predict_step(self, batch: tuple[list, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """The net's detections of ``batch[0]`` (a list of images (C, H, W)), one dict per image
+        in torchvision's format: ``boxes`` (n, 4) xyxy, ``labels`` (n,), ``scores`` (n,) and
+        ``masks`` (n, 1, H, W) float probabilities (``mask_threshold`` makes them masks)."""
         return self.net(list(batch[0]))
 
-    def _log_epoch(self, stage: str) -> None:
-        metric = getattr(self, f"{stage}_ap")
-        values = metric.compute()
-        metric.reset()
+    def epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
+        values = self.stage_metrics[stage]["ap"].compute()
         logs = {}
         for iou_type in ("bbox", "segm"):
             for key in _AP_KEYS:
-                logs[f"{stage}/{key}_{iou_type}"] = values[f"{iou_type}_{key}"].float()
+                logs[f"{key}_{iou_type}"] = values[f"{iou_type}_{key}"].float()
         if self.val_losses:
             # Computed on every rank (each compute is a collective), even one that saw no image.
-            for key, meter in getattr(self, f"{stage}_loss").items():
-                logs[f"{stage}/{key}"] = meter.compute()
-                meter.reset()
-        # Metrics were synced by torchmetrics already: identical on every rank.
-        main = logs.pop(f"{stage}/map_segm")
-        self.log_dict(logs, prog_bar=False, sync_dist=False, rank_zero_only=False)
-        self.log(f"{stage}/map_segm", main, prog_bar=True)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
-    def configure_optimizers(self) -> Any:
-        return configure_optimizers(self, self.optimizer_fn, self.scheduler_fn)
+            for key, meter in self.stage_metrics[stage]["loss"].items():
+                logs[key] = meter.compute()
+        return logs

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import lightning as L
 import torch
 from torch import nn
 from torch.optim import Optimizer
@@ -15,28 +14,34 @@ from seglab.inference import predict_logits
 from seglab.losses import pixel_cross_entropy
 from seglab.metrics.rand_error import RandError
 from seglab.metrics.semantic import SemanticMetrics
-from seglab.models.unet import center_crop
-from seglab.tasks.optim import configure_optimizers
+from seglab.tasks.base import SegmentationTask, crop_to
 
 __all__ = ["SemanticSegmentationTask"]
 
-_LOSS_KEYS = {"reduction", "class_weights", "weight_map", "aux_weight"}
+_LOSS_KEYS = {"reduction", "class_weights", "aux_weight"}
+# Accepted and ignored: checkpoints written before the weight map became a data option carry it.
+_LEGACY_LOSS_KEYS = {"weight_map"}
 
 
-class SemanticSegmentationTask(L.LightningModule):
+class SemanticSegmentationTask(SegmentationTask):
     """LightningModule wrapping a semantic net ``net: (N, C, H, W) -> logits (N, K, H', W')``.
 
     Nets with an auxiliary head return ``{"out", "aux"}`` in train mode; the auxiliary loss is
-    weighted by ``loss.aux_weight``. Where the net's output is smaller than the input (the unpadded
-    U-Net), the mask and weight map are centre-cropped to the output.
+    weighted by ``loss.aux_weight``. A batch's ``"weight"`` (N, H, W) (the U-Net weight map, built
+    by the data module when ``data.weight_map`` is set) multiplies each pixel's loss whenever the
+    batch has one. Where the net's output is smaller than the input (the unpadded U-Net), the mask
+    and weight map are centre-cropped to the output.
+
+    Logs ``train/loss`` at every step; at the end of each epoch ``{stage}/pixel_acc``,
+    ``{stage}/iou_<class>`` and ``{stage}/miou``, and for validation and test the mean loss
+    ``{stage}/loss`` and the ``extra_metrics``.
 
     Args:
         net: the network, exposed as ``self.net``.
         num_classes: K, background included.
         ignore_index: label ignored by the loss and metrics.
         loss: ``reduction`` ("mean" over labelled pixels or "sum"), ``class_weights`` (None, a
-            list of K floats, or "median_frequency" computed by the data module), ``weight_map``
-            (multiply each pixel's loss by ``batch["weight"]``), ``aux_weight``.
+            list of K floats, or "median_frequency" computed by the data module), ``aux_weight``.
         optimizer: partial taking the parameters.
         scheduler: partial taking the optimizer; a ``total_iters`` / ``T_max`` left as None is set
             to the run's number of optimizer steps, and the scheduler steps every iteration.
@@ -47,6 +52,8 @@ class SemanticSegmentationTask(L.LightningModule):
         extra_metrics: also log ``pixel_error`` (1 - pixel accuracy) and/or ``rand_error``
             (foreground-restricted Rand error of the 4-connected class-1 components, ISBI 2012).
     """
+
+    main_metric = "miou"
 
     def __init__(
         self,
@@ -61,47 +68,42 @@ class SemanticSegmentationTask(L.LightningModule):
         inference: Mapping[str, Any] | None = None,
         extra_metrics: Sequence[str] = (),
     ) -> None:
-        super().__init__()
-        # Plain values only, so checkpoints load with torch.load(weights_only=True).
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
-        self.optimizer_fn = optimizer
-        self.scheduler_fn = scheduler
-        loss = dict(loss or {})
-        unknown = set(loss) - _LOSS_KEYS
+        super().__init__(
+            net=net,
+            num_classes=num_classes,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            class_names=class_names,
+        )
+        options = dict(loss or {})
+        unknown = set(options) - _LOSS_KEYS - _LEGACY_LOSS_KEYS
         if unknown:
             raise ValueError(
                 f"model.loss has unknown key(s) {sorted(unknown)}; valid: {sorted(_LOSS_KEYS)}"
             )
-        self.reduction = loss.get("reduction", "mean")
+        self.reduction = options.get("reduction", "mean")
         if self.reduction not in ("mean", "sum"):
             raise ValueError(f"model.loss.reduction={self.reduction!r}: expected 'mean' or 'sum'")
-        self.weight_map = bool(loss.get("weight_map", False))
-        self.aux_weight = float(loss.get("aux_weight", 0.0) or 0.0)
-        self.class_weights_option = loss.get("class_weights")
+        self.aux_weight = float(options.get("aux_weight", 0.0) or 0.0)
+        self.class_weights_option = options.get("class_weights")
         weights = self._parse_class_weights(self.class_weights_option, num_classes)
         self.register_buffer("class_weights", weights, persistent=True)
-        self.net = net
-        self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.class_names = (
-            list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        )
-        # One metric object per stage (ModuleDict keys may not shadow nn.Module.train).
-        self.train_metrics = SemanticMetrics(num_classes, ignore_index)
-        self.val_metrics = SemanticMetrics(num_classes, ignore_index)
-        self.test_metrics = SemanticMetrics(num_classes, ignore_index)
-        # float64 sums: the dataset mean does not depend on batch or DDP rank order
-        self.val_loss = MeanMetric().set_dtype(torch.float64)
-        self.test_loss = MeanMetric().set_dtype(torch.float64)
         unknown = set(extra_metrics) - {"pixel_error", "rand_error"}
         if unknown:
             raise ValueError(
                 f"extra_metrics {sorted(unknown)} unknown; valid: ['pixel_error', 'rand_error']"
             )
         self.extra_metrics = tuple(extra_metrics)
+        self.add_stage_metric(
+            "metrics", ("train", "val", "test"), lambda: SemanticMetrics(num_classes, ignore_index)
+        )
+        # float64 sums: the dataset mean does not depend on batch or DDP rank order
+        self.add_stage_metric(
+            "loss", ("val", "test"), lambda: MeanMetric().set_dtype(torch.float64)
+        )
         if "rand_error" in self.extra_metrics:
-            self.val_rand_error = RandError()
-            self.test_rand_error = RandError()
+            self.add_stage_metric("rand_error", ("val", "test"), RandError)
         self.inference = dict(inference or {"mode": "whole"})
         self.inference.setdefault("mode", "whole")
 
@@ -140,12 +142,7 @@ class SemanticSegmentationTask(L.LightningModule):
     def _loss(
         self, logits: torch.Tensor, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, ...]:
-        mask, weight = batch["mask"], batch.get("weight") if self.weight_map else None
-        if self.weight_map and weight is None:
-            raise ValueError(
-                "model.loss.weight_map=true but the batch has no 'weight': choose a data config "
-                "that computes weight maps"
-            )
+        mask, weight = batch["mask"], batch.get("weight")
         if logits.shape[-2:] != mask.shape[-2:]:
             h, w = logits.shape[-2:]
             if h > mask.shape[-2] or w > mask.shape[-1]:
@@ -153,8 +150,8 @@ class SemanticSegmentationTask(L.LightningModule):
                     f"net output {tuple(logits.shape[-2:])} is larger than the mask "
                     f"{tuple(mask.shape[-2:])}"
                 )
-            mask = center_crop(mask, h, w)
-            weight = None if weight is None else center_crop(weight, h, w)
+            mask = crop_to(mask, (h, w))
+            weight = None if weight is None else crop_to(weight, (h, w))
         total, normaliser = pixel_cross_entropy(
             logits,
             mask,
@@ -174,7 +171,7 @@ class SemanticSegmentationTask(L.LightningModule):
         loss = self._reduce(total, normaliser)
         if aux is not None and self.aux_weight:
             loss = loss + self.aux_weight * self._reduce(*self._loss(aux, batch)[:2])
-        self.train_metrics.update(logits.detach(), mask)
+        self.stage_metrics["train"]["metrics"].update(logits.detach(), mask)
         self.log("train/loss", loss, prog_bar=True, batch_size=mask.shape[0])
         return loss
 
@@ -192,15 +189,16 @@ class SemanticSegmentationTask(L.LightningModule):
         return predict_logits(self.net, images, mode=mode, **options)
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        metrics = self.stage_metrics[stage]
         logits = self.infer(batch["image"])
         total, normaliser, mask = self._loss(logits, batch)
         if self.reduction == "sum":
-            getattr(self, f"{stage}_loss").update(total / mask.shape[0], weight=mask.shape[0])
+            metrics["loss"].update(total / mask.shape[0], weight=mask.shape[0])
         elif normaliser > 0:
-            getattr(self, f"{stage}_loss").update(total / normaliser, weight=normaliser)
-        getattr(self, f"{stage}_metrics").update(logits, mask)
-        if "rand_error" in self.extra_metrics:
-            getattr(self, f"{stage}_rand_error").update(logits.max(dim=1).indices, mask)
+            metrics["loss"].update(total / normaliser, weight=normaliser)
+        metrics["metrics"].update(logits, mask)
+        if "rand_error" in metrics:
+            metrics["rand_error"].update(logits.max(dim=1).indices, mask)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -209,36 +207,32 @@ class SemanticSegmentationTask(L.LightningModule):
         self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self.infer(batch["image"]).max(dim=1).indices
+        """Class indices int64 (N, H, W) of ``batch["image"]`` (N, C, H, W), by ``self.infer``.
 
-    def _log_epoch(self, stage: str) -> None:
-        values = getattr(self, f"{stage}_metrics").compute()
-        getattr(self, f"{stage}_metrics").reset()
-        logs = {f"{stage}/pixel_acc": values["pixel_acc"]}
+        Raises ValueError where the output is smaller than the input (the unpadded U-Net with
+        ``inference.mode=whole``): a prediction covers the whole image.
+        """
+        images = batch["image"]
+        logits = self.infer(images)
+        if logits.shape[-2:] != images.shape[-2:]:
+            raise ValueError(
+                f"model.inference.mode={self.inference['mode']!r} gives {tuple(logits.shape[-2:])} "
+                f"outputs for {tuple(images.shape[-2:])} inputs (an unpadded net): predict with "
+                "inference.mode=overlap_tile (and inference.tile_size) for output at the input size"
+            )
+        return logits.max(dim=1).indices
+
+    def epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
+        metrics = self.stage_metrics[stage]
+        values = metrics["metrics"].compute()
+        logs = {"pixel_acc": values["pixel_acc"]}
         if "pixel_error" in self.extra_metrics:
-            logs[f"{stage}/pixel_error"] = 1 - values["pixel_acc"]
-        rand = getattr(self, f"{stage}_rand_error", None)
-        if rand is not None:
-            logs[f"{stage}/rand_error"] = rand.compute()
-            rand.reset()
+            logs["pixel_error"] = 1 - values["pixel_acc"]
+        if "rand_error" in metrics:
+            logs["rand_error"] = metrics["rand_error"].compute()
         for name, iou in zip(self.class_names, values["iou"]):
-            logs[f"{stage}/iou_{name}"] = iou
-        mean_loss = getattr(self, f"{stage}_loss", None)
-        if mean_loss is not None:
-            logs[f"{stage}/loss"] = mean_loss.compute()
-            mean_loss.reset()
-        # Metrics were synced by torchmetrics already: identical on every rank.
-        self.log_dict(logs, prog_bar=False, sync_dist=False, rank_zero_only=False)
-        self.log(f"{stage}/miou", values["miou"], prog_bar=True)
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
-    def configure_optimizers(self) -> Any:
-        return configure_optimizers(self, self.optimizer_fn, self.scheduler_fn)
+            logs[f"iou_{name}"] = iou
+        if "loss" in metrics:
+            logs["loss"] = metrics["loss"].compute()
+        logs["miou"] = values["miou"]
+        return logs

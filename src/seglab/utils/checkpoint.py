@@ -10,6 +10,7 @@ from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
 
 from seglab.callbacks.config import CONFIG_KEY
+from seglab.utils.config import upgrade_data_config
 from seglab.utils.io import load_checkpoint
 
 __all__ = ["check_model_fits_data", "config_from_checkpoint", "load_weights"]
@@ -28,7 +29,8 @@ def config_from_checkpoint(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]
 
     ``model`` and ``data`` come from the checkpoint unless ``cfg`` sets them (``data=camvid`` on
     the command line evaluates on another dataset, for example); everything else comes from
-    ``cfg``. Returns the merged config and the loaded checkpoint.
+    ``cfg``. The saved ``data`` is upgraded to today's keys (``upgrade_data_config``). Returns
+    the merged config and the loaded checkpoint.
 
     Raises:
         ValueError / FileNotFoundError / IsADirectoryError: naming ``ckpt_path`` when it is
@@ -49,6 +51,8 @@ def config_from_checkpoint(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]
             "seglab's train): choose model=... and data=... on the command line"
         )
     base = OmegaConf.create(saved or {})
+    if base.get("data") is not None:
+        upgrade_data_config(base.data)  # weight_map: true / false of older checkpoints
     chosen = {k: cfg[k] for k in ("model", "data") if cfg.get(k) is not None}
     merged = OmegaConf.merge(base, OmegaConf.masked_copy(cfg, [k for k in cfg if k not in chosen]))
     for key, node in chosen.items():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["project_root", "register_resolvers"]
+__all__ = ["project_root", "register_resolvers", "upgrade_data_config"]
 
 
 def project_root() -> Path:
@@ -39,11 +41,33 @@ def _by_task(task: str, semantic: object, instance: object, panoptic: object) ->
     return choices[task]
 
 
+def _dataset(key: str, *, _parent_: DictConfig) -> Any:
+    """``${dataset:KEY}`` in a data config: the declared default of ``data.KEY`` in the Python
+    metadata of the node's ``_target_`` (``SegmentationDataModule.declared``), for its task."""
+    value = get_class(_parent_._target_).declared(key, _parent_.get("task", "semantic"))
+    return list(value) if isinstance(value, tuple) else value
+
+
+def upgrade_data_config(data: DictConfig) -> None:
+    """Rewrite, in place, the weight-map keys of a data config saved before ``data.weight_map``
+    became an object: ``weight_map: true`` with ``w0``, ``sigma`` and ``w_c`` becomes
+    ``{_target_: seglab.data.weight_maps.UNetWeightMap, ...}``, ``false`` becomes null."""
+    if not isinstance(data.get("weight_map"), bool):
+        return
+    legacy = {k: data.pop(k) for k in ("w0", "sigma", "w_c") if k in data}
+    if data.weight_map:
+        legacy["class_weights"] = legacy.pop("w_c", "balanced")
+        data.weight_map = {"_target_": "seglab.data.weight_maps.UNetWeightMap", **legacy}
+    else:
+        data.weight_map = None
+
+
 def register_resolvers() -> None:
     """Register the resolvers the configs use, once per process.
 
     ``${seglab_root:}`` project root, ``${no_env:NAME}`` true when $NAME is unset or empty,
-    ``${len:LIST}``, ``${concat:LIST,LIST,...}`` and ``${by_task:TASK,SEMANTIC,INSTANCE,PANOPTIC}``.
+    ``${len:LIST}``, ``${concat:LIST,LIST,...}``, ``${by_task:TASK,SEMANTIC,INSTANCE,PANOPTIC}``
+    and ``${dataset:KEY}`` (a data config's declared default of KEY).
     """
     resolvers = {
         "seglab_root": lambda: str(project_root()),
@@ -51,6 +75,7 @@ def register_resolvers() -> None:
         "len": len,
         "concat": _concat,
         "by_task": _by_task,
+        "dataset": _dataset,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -1,0 +1,280 @@
+"""Prediction writers for ``Trainer.predict``: one per output kind, each file written atomically.
+
+``SemanticMaskWriter`` writes a class-index PNG (the dataset's palette) and an overlay per image;
+``CocoResultsWriter`` one COCO results JSON for all images. Both take the batch as the task's
+``predict_step`` received it, so names, image sizes and image ids come from the dataset's items.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePath
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import BasePredictionWriter
+from PIL import Image
+
+from seglab.export import detections_to_coco
+from seglab.utils.io import atomic_write_bytes
+
+__all__ = ["CocoResultsWriter", "PredictionWriter", "SemanticMaskWriter", "output_stem"]
+
+# "name[page 3]": a page or frame of a multi-image file (ISBI's TIFF stacks name slices so)
+_QUALIFIED = re.compile(r"^(?P<path>.*?)(?P<qualifier>\[[^\[\]]*\])?$")
+
+
+def output_stem(name: str) -> str:
+    """The file stem of an item's predictions: the stem of the file ``name`` names, with a
+    bracketed qualifier kept as a safe suffix (``/x/test-volume.tif[page 3]`` ->
+    ``test-volume_page_3``), so that the pages of one file get distinct stems."""
+    match = _QUALIFIED.match(name)
+    stem = PurePath(match["path"]).stem or "prediction"
+    qualifier = re.sub(r"[^0-9A-Za-z]+", "_", match["qualifier"] or "").strip("_")
+    return f"{stem}_{qualifier}" if qualifier else stem
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Base of seglab's writers: ``plan`` checks outputs before a run, ``written`` lists the
+    files written, each atomically (temporary file + rename)."""
+
+    def __init__(self, *, write_interval: str) -> None:
+        super().__init__(write_interval=write_interval)
+        self.written: list[Path] = []
+
+    def plan(self, names: Sequence[str]) -> None:
+        """Check the outputs of the items ``names`` before anything is written (the default:
+        outputs that do not depend on the items, checked by the constructor)."""
+
+    def write_file(self, path: Path, data: bytes) -> None:
+        atomic_write_bytes(path, data)
+        self.written.append(path)
+
+
+class SemanticMaskWriter(PredictionWriter):
+    """Writes ``<stem>.png``, the class indices as a palette PNG with the dataset's colours, and
+    with ``overlay`` ``<stem>_overlay.png``, the input image blended with the coloured classes.
+
+    Takes the task's ``predict_step`` output, int64 class maps (N, H, W) at the input's size,
+    and the batch ``{"image": normalised (N, C, H, W), "name": [str]}``; the overlay
+    un-normalises the image with ``mean`` / ``std``. No output may overwrite an input image or
+    another item's output (``plan`` checks a whole list of inputs before anything is written;
+    each item is checked again as it is written).
+
+    Args:
+        output: the folder written to (made if missing).
+        palette: one RGB triple per class.
+        mean, std: the data module's normalisation (0..1 scale), per channel.
+        overlay: also write the overlays.
+        alpha: weight of the class colours in the overlay.
+    """
+
+    def __init__(
+        self,
+        *,
+        output: str | Path,
+        palette: Sequence[Sequence[int]],
+        mean: Sequence[float],
+        std: Sequence[float],
+        overlay: bool = True,
+        alpha: float = 0.5,
+    ) -> None:
+        super().__init__(write_interval="batch")
+        self.output = Path(output).expanduser()
+        if self.output.exists() and not self.output.is_dir():
+            raise NotADirectoryError(
+                f"output={str(self.output)!r}: is an existing file; expected a folder (made if "
+                "missing)"
+            )
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"overlay_alpha={alpha}: expected a weight in [0, 1]")
+        self.colours = np.asarray(palette, np.uint8).reshape(-1, 3)
+        flat = self.colours.ravel().tolist()
+        self.png_palette = flat + [0] * (768 - len(flat)) if len(flat) <= 768 else None
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255
+        self.overlay = overlay
+        self.alpha = alpha
+        self._claimed: dict[Path, str] = {}
+
+    def targets(self, name: str) -> list[Path]:
+        """The files the predictions of the item ``name`` go to."""
+        stem = output_stem(name)
+        overlay = [self.output / f"{stem}_overlay.png"] if self.overlay else []
+        return [self.output / f"{stem}.png", *overlay]
+
+    def plan(self, names: Sequence[str]) -> None:
+        """Check the outputs of every item before anything is written.
+
+        Raises:
+            ValueError: an output would overwrite an input image or another item's output.
+        """
+        inputs = {Path(n).resolve(): n for n in names}
+        for name in names:
+            self._claim(name, inputs)
+
+    def _claim(self, name: str, inputs: Mapping[Path, str]) -> list[Path]:
+        targets = self.targets(name)
+        for target in targets:
+            key = target.resolve()
+            if key in inputs:
+                raise ValueError(
+                    f"output={str(self.output)!r}: the prediction of {name} would overwrite the "
+                    f"input image {inputs[key]}; expected an output folder apart from the input "
+                    "images"
+                )
+            if self._claimed.get(key, name) != name:
+                raise ValueError(
+                    f"input={name!r} and {self._claimed[key]!r} would both write {target}; "
+                    "expected input images with distinct names (stems)"
+                )
+            self._claimed[key] = name
+        return targets
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.output.mkdir(parents=True, exist_ok=True)
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: torch.Tensor,
+        batch_indices: Sequence[int] | None,
+        batch: Mapping[str, Any],
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        labels = prediction.to(torch.int64).cpu().numpy()
+        if self.overlay:
+            pixels = batch["image"].detach().float().cpu() * self.std + self.mean
+            pixels = pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for i, name in enumerate(batch["name"]):
+            mask_path, *overlay_path = self._claim(name, {Path(name).resolve(): name})
+            self.write_file(mask_path, _png_bytes(self._mask_image(labels[i])))
+            if overlay_path:
+                rgb = pixels[i] if pixels.shape[-1] == 3 else np.repeat(pixels[i][..., :1], 3, 2)
+                colours = self.colours[labels[i].clip(0, len(self.colours) - 1)]
+                blend = (1 - self.alpha) * rgb + self.alpha * colours
+                self.write_file(
+                    overlay_path[0], _png_bytes(Image.fromarray(blend.round().astype(np.uint8)))
+                )
+
+    def _mask_image(self, labels: np.ndarray) -> Image.Image:
+        if self.png_palette is None:  # more than 256 classes: a 32-bit grey PNG
+            return Image.fromarray(labels.astype(np.int32))
+        mask = Image.fromarray(labels.astype(np.uint8), mode="P")
+        mask.putpalette(self.png_palette)
+        return mask
+
+
+class CocoResultsWriter(PredictionWriter):
+    """Writes the detections of every image into one COCO results JSON
+    (https://cocodataset.org/#format-results, see ``seglab.export.detections_to_coco``).
+
+    Takes the task's ``predict_step`` output, one dict per image (``boxes``, ``labels``,
+    ``scores``, ``masks`` (n, 1, H, W) probabilities, thresholded at the task's
+    ``mask_threshold``), and the batch ``(images, targets)`` whose targets carry ``image_id`` and
+    ``name``. Under DDP every rank's detections are gathered and rank 0 writes the file.
+
+    Args:
+        path: the results file.
+        label_to_category: contiguous label -> the dataset's category id (None: the label).
+        images_path: also write a COCO annotation file without annotations, the images
+            (``id``, ``file_name``, ``height``, ``width``) and the categories, for inputs that
+            have no annotation file of their own; ``pycocotools.COCO(images_path).loadRes(path)``
+            then reads the results.
+        class_names: one name per label (0 = background), for ``images_path``'s categories.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str | Path,
+        label_to_category: Mapping[int, int] | None = None,
+        images_path: str | Path | None = None,
+        class_names: Sequence[str] = (),
+    ) -> None:
+        super().__init__(write_interval="batch_and_epoch")
+        self.path = Path(path).expanduser()
+        self.images_path = None if images_path is None else Path(images_path).expanduser()
+        for target in (self.path, self.images_path):
+            if target is not None and target.is_dir():
+                raise IsADirectoryError(
+                    f"output={str(target)!r}: is a folder; expected the results file's path"
+                )
+        for target in (self.path, self.images_path):
+            if target is not None and target.parent.exists() and not target.parent.is_dir():
+                raise NotADirectoryError(
+                    f"output={str(target.parent)!r}: is an existing file; expected a folder "
+                    "(made if missing) or a .json file path"
+                )
+        self.label_to_category = dict(label_to_category) if label_to_category else None
+        self.categories = [
+            {"id": self.label_to_category[label] if self.label_to_category else label, "name": n}
+            for label, n in enumerate(class_names)
+            if label > 0
+        ]
+        self._results: list[dict[str, Any]] = []
+        self._images: list[dict[str, Any]] = []
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._results, self._images = [], []
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Sequence[Mapping[str, torch.Tensor]],
+        batch_indices: Sequence[int] | None,
+        batch: tuple[Sequence[torch.Tensor], Sequence[Mapping[str, Any]]],
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        threshold = float(getattr(pl_module, "mask_threshold", 0.5))
+        for image, target, detections in zip(*batch, prediction):
+            image_id = int(target["image_id"])
+            self._results += detections_to_coco(
+                detections, image_id, self.label_to_category, mask_threshold=threshold
+            )
+            self._images.append(
+                {
+                    "id": image_id,
+                    "file_name": str(target.get("name", image_id)),
+                    "height": int(image.shape[-2]),
+                    "width": int(image.shape[-1]),
+                }
+            )
+
+    def write_on_epoch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        predictions: Sequence[Any],
+        batch_indices: Sequence[Any],
+    ) -> None:
+        results, images = self._results, self._images
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (results, images))
+            results = [r for rank_results, _ in gathered for r in rank_results]
+            images = [i for _, rank_images in gathered for i in rank_images]
+        if not trainer.is_global_zero:
+            return
+        results = sorted(results, key=lambda r: r["image_id"])  # stable: scores keep their order
+        self.write_file(self.path, json.dumps(results).encode())
+        if self.images_path is not None:
+            entries = sorted(images, key=lambda i: i["id"])
+            coco = {"images": entries, "annotations": [], "categories": self.categories}
+            self.write_file(self.images_path, json.dumps(coco).encode())

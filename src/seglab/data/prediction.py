@@ -1,0 +1,160 @@
+"""What ``predict`` runs on: a split of the configured dataset, or image files read as it reads them.
+
+``prediction_dataset(datamodule, source)`` gives one dataset whatever ``source`` is, so that every
+task has one meaning of ``input=``. Image files become items of the data module's own view, with
+its eval transforms and normalisation, and labels that hold nothing: a semantic mask of
+``ignore_index`` only, an instance target with no object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from seglab.data.base import InstanceDataset, SemanticDataset, read_image
+
+__all__ = ["IMAGE_SUFFIXES", "ImageFilesInstanceDataset", "ImageFilesSemanticDataset",
+           "check_image", "find_images", "is_split", "prediction_dataset"]  # fmt: skip
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+# Pillow modes of more than 8 bits per channel: converting them to L / RGB clips at 255
+_DEEP_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N", "RGB;16", "RGBA;16")
+
+
+def find_images(path: Path) -> list[Path]:
+    """The image at ``path``, or the images directly inside the folder ``path``, sorted."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input={str(path)!r}: no such file or folder")
+    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        raise ValueError(
+            f"input={str(path)!r}: no image ({', '.join(IMAGE_SUFFIXES)}) in this folder"
+        )
+    return images
+
+
+def check_image(path: Path) -> None:
+    """Open ``path``'s header: a ``ValueError`` naming the file if it is not an 8-bit image."""
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+    except Exception as err:
+        raise ValueError(
+            f"input image {str(path)!r} could not be read ({err}); expected a readable "
+            f"{'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)} image"
+        ) from err
+    if mode in _DEEP_MODES:
+        raise ValueError(
+            f"input image {str(path)!r} has Pillow mode {mode!r} (more than 8 bits per "
+            "channel); expected 8-bit images as the model was trained on: rescale it first"
+        )
+
+
+class _ImageFiles:
+    """The image files of a prediction, read as grey (``in_channels`` 1) or RGB (3)."""
+
+    def __init__(self, images: Sequence[Path], *, in_channels: int = 3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.images = list(images)
+        self.mode = "L" if in_channels == 1 else "RGB"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image(self, index: int) -> np.ndarray:
+        return read_image(self.images[index], "input", self.mode)
+
+
+class ImageFilesSemanticDataset(_ImageFiles, SemanticDataset):
+    """Image files as unlabelled semantic samples: the mask is ``ignore_index`` everywhere.
+
+    Args:
+        images: the image files.
+        in_channels: 1 (read as grey) or 3 (read as RGB).
+        **kwargs: ``SemanticDataset``'s arguments (classes, normalisation, transform).
+    """
+
+    def load_sample(self, index: int) -> dict[str, Any]:
+        image = self.image(index)
+        mask = np.full(image.shape[:2], self.ignore_index, np.int64)
+        return {"image": image, "mask": mask, "name": str(self.images[index])}
+
+
+class ImageFilesInstanceDataset(_ImageFiles, InstanceDataset):
+    """Image files, read as RGB, as instance samples with no object; ``image_id`` is the file's
+    index. Arguments: the image files and ``InstanceDataset``'s."""
+
+    def load_instances(self, index: int) -> dict[str, Any]:
+        image = self.image(index)
+        return {
+            "image": image,
+            "masks": np.zeros((0, *image.shape[:2]), np.uint8),
+            "labels": np.zeros(0, np.int64),
+            "image_id": index,
+            "name": str(self.images[index]),
+        }
+
+
+def is_split(datamodule: L.LightningDataModule, source: str | Path | None) -> bool:
+    """Whether ``input=source`` names a split of the data module: a bare split name (``val``);
+    ``./val`` is the folder of that name."""
+    return source is not None and str(source) in datamodule.splits
+
+
+def prediction_dataset(datamodule: L.LightningDataModule, source: str | Path | None) -> Dataset:
+    """The dataset ``predict`` runs on for ``input=source``: the split ``source`` of
+    ``datamodule`` (its eval view), or the image file / the images of the folder ``source`` as
+    items of the data module's view. Every file's header is read here, so a file that is not an
+    8-bit image fails before any prediction is written.
+
+    Raises:
+        ValueError: ``source`` is unset, a bare name that is no split, a folder without images,
+            or names an unreadable or 16-bit image; the data module's view or channels are not
+            ones image files can feed.
+        FileNotFoundError: ``source`` is a path to nothing.
+    """
+    splits = list(datamodule.splits)
+    if source is None or str(source) == "":
+        raise ValueError(
+            f"input={source!r}: expected an image file or a folder of images, or a split of "
+            f"the dataset (one of {splits})"
+        )
+    if is_split(datamodule, source):
+        return datamodule.dataset(str(source))
+    path = Path(source).expanduser()
+    if not path.exists() and len(path.parts) == 1 and not path.suffix:
+        raise ValueError(
+            f"input={str(source)!r}: no such file or folder, and no split of this dataset; "
+            f"expected an image file, a folder of images, or input= one of {splits}"
+        )
+    images = find_images(path)
+    for image in images:
+        check_image(image)
+    task, transform = datamodule.task, datamodule.eval_transforms
+    if task == "instance":
+        return ImageFilesInstanceDataset(
+            images, num_classes=datamodule.num_classes, transform=transform
+        )
+    if task != "semantic" or datamodule.in_channels not in (1, 3):
+        raise ValueError(
+            f"data.task={task!r}, data.in_channels={datamodule.in_channels}: image files feed "
+            f"the semantic (grey or RGB) and instance views; predict on a split (one of {splits})"
+        )
+    return ImageFilesSemanticDataset(
+        images,
+        in_channels=datamodule.in_channels,
+        num_classes=datamodule.num_classes,
+        ignore_index=datamodule.ignore_index,
+        mean=datamodule.mean,
+        std=datamodule.std,
+        transform=transform,
+    )
