@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-from seglab.data.base import list_collate
-from seglab.data.shapes import ShapesGenerator, ShapesInstanceDataset
+from seglab.data.base import InstanceDataset, list_collate
+from seglab.data.shapes import ShapesGenerator, ShapesScenes
 from seglab.models import MaskRCNN
 from seglab.tasks.instance import InstanceSegmentationTask
 
@@ -106,9 +106,8 @@ def plain_steps(batch) -> list[float]:
 def main() -> None:
     print(__doc__.strip().splitlines()[0])
     generator = ShapesGenerator(image_size=SIZE)
-    dataset = ShapesInstanceDataset(
-        generator, num_samples=BATCH, seed=0, split="train", num_classes=CLASSES
-    )
+    scenes = ShapesScenes(generator, num_samples=BATCH, seed=0, split="train")
+    dataset = InstanceDataset(scenes, num_classes=CLASSES)
     batch = list_collate([dataset[i] for i in range(BATCH)])
     objects = [len(t["labels"]) for t in batch[1]]
     state = torchvision_net().state_dict()

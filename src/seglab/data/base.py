@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,10 +31,9 @@ from torchvision.ops import masks_to_boxes
 
 from seglab.data.weight_maps import UNetWeightMap
 
-__all__ = ["IGNORE", "DatasetInfo", "IndexPNG", "InstanceDataset",
-           "PairedSemanticDataset", "SegmentationDataModule", "SemanticDataset",
-           "default_palette", "edge_boxes",
-           "list_collate", "read_image", "seed_transform"]  # fmt: skip
+__all__ = ["IGNORE", "DatasetInfo", "IndexPNG", "InstanceDataset", "PairedSamples",
+           "SampleSource", "SegmentationDataModule", "SemanticDataset", "default_palette",
+           "edge_boxes", "instance_masks", "list_collate", "read_image", "seed_transform"]  # fmt: skip
 
 IGNORE = -1  # in a label table: the raw value is read as data.ignore_index
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -148,20 +148,112 @@ class IndexPNG:
         return self.lut[raw]
 
 
-class SemanticDataset(Dataset):
-    """Base of every semantic view: subclasses implement ``__len__`` and ``load_sample``.
+class SampleSource:
+    """The samples of one split, written once per dataset whatever the view: subclasses implement
+    ``__len__`` and ``__getitem__``, and ``labels`` where the labels can be read without the image.
 
-    ``load_sample(i)`` returns ``{"image": uint8 (H, W, C), "mask": int (H, W), "name": str}`` and
-    optionally ``"mask_file": str`` (the label file, named in mask errors instead of ``name``) and
-    ``"instances": int (H, W)`` (object ids, for weight maps). This class validates the mask
-    against ``num_classes`` and ``ignore_index`` (raising ``ValueError`` naming the sample), adds
-    the weight map (computed once per sample and kept in memory, per loader worker), applies the
+    A sample is a dict: ``image`` uint8 (H, W, C), ``name`` str (named in errors), and
+    the labels as the dataset has them, any of: ``mask`` int (H, W) classes (with ``mask_file``,
+    the file named in mask errors instead of ``name``); ``masks`` (n, H, W) binary or
+    ``instances`` int (H, W) object ids (0 none, k object k), with ``labels`` (n,) int 1..K-1 and
+    optionally ``iscrowd`` (n,); ``image_id`` int (default: the index). A sample without any of
+    them is unlabelled: an all-``ignore_index`` mask, no object.
+    """
+
+    def labels(self, index: int) -> dict[str, Any]:
+        """Sample ``index`` without its image where the labels do not need it (for statistics)."""
+        return self[index]  # type: ignore[index]
+
+
+class PairedSamples(SampleSource):
+    """Samples read from ``pairs`` of ``(image, label or None)`` by ``read_image`` and
+    ``read_label`` (the label's ``mask``); ``name`` and ``mask_file`` are ``str`` of the two."""
+
+    def __init__(
+        self,
+        pairs: Iterable[tuple[Any, Any]],
+        *,
+        read_image: Callable[[Any], np.ndarray],
+        read_label: Callable[[Any], np.ndarray] | None = None,
+    ) -> None:
+        self.pairs = list(pairs)
+        self.read_image = read_image
+        self.read_label = read_label
+
+    @property
+    def images(self) -> list[Any]:
+        return [image for image, _ in self.pairs]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def labels(self, index: int) -> dict[str, Any]:
+        image, label = self.pairs[index]
+        if label is None:  # unlabelled: the mask takes the image's shape
+            return self[index]
+        mask = self.read_label(label)  # type: ignore[misc]
+        return {"mask": mask, "mask_file": str(label), "name": str(image)}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, label = self.pairs[index]
+        sample = {"image": self.read_image(image), "name": str(image)}
+        if label is not None:
+            sample.update(mask=self.read_label(label), mask_file=str(label))  # type: ignore[misc]
+        return sample
+
+
+def instance_masks(sample: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:
+    """The (n, H, W) uint8 object masks of a sample: its ``masks``, those of its ``instances``
+    ids 1..n (n = its number of ``labels``), or none."""
+    if "masks" in sample:
+        return np.asarray(sample["masks"], np.uint8).reshape(-1, *shape)
+    if "instances" not in sample:
+        return np.zeros((0, *shape), np.uint8)
+    ids = np.arange(1, len(sample["labels"]) + 1, dtype=np.int32)[:, None, None]
+    return (sample["instances"][None] == ids).astype(np.uint8)
+
+
+class _View(Dataset):
+    """A view of a ``SampleSource``; the source's attributes (``pairs``, ``ids``) read through."""
+
+    def __init__(
+        self,
+        source: SampleSource | None = None,
+        *,
+        num_classes: int,
+        transform: Callable[..., dict[str, Any]] | None = None,
+    ) -> None:
+        self.source = source
+        self.num_classes = num_classes
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.source)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "source":  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+
+class SemanticDataset(_View):
+    """The semantic view of a ``source`` (subclasses may instead implement ``__len__`` and
+    ``load_sample``).
+
+    ``load_sample(i)`` returns the source's sample with its ``mask``: the source's own, else
+    painted from its objects (each pixel takes the label of the smallest object covering it, so
+    small objects stay visible on large ones; crowd regions not covered by another object are
+    ``ignore_index``; the rest background 0), else ``ignore_index`` everywhere. Its
+    ``instances`` (object ids) feed weight maps. This class validates the mask against
+    ``num_classes`` and ``ignore_index`` (raising ``ValueError`` naming the sample), adds the
+    weight map (computed once per sample and kept in memory, per loader worker), applies the
     albumentations pipeline (the weight map travels as a mask target), normalises and converts
     to tensors.
     """
 
     def __init__(
         self,
+        source: SampleSource | None = None,
         *,
         num_classes: int,
         ignore_index: int,
@@ -170,20 +262,45 @@ class SemanticDataset(Dataset):
         transform: Callable[..., dict[str, Any]] | None = None,
         weight_map: UNetWeightMap | None = None,
     ) -> None:
-        self.num_classes = num_classes
+        super().__init__(source, num_classes=num_classes, transform=transform)
         self.ignore_index = ignore_index
         self.mean = np.asarray(mean, np.float32) * 255.0
         self.inv_std = 1.0 / (np.asarray(std, np.float32) * 255.0)
-        self.transform = transform
         self.weight_map = weight_map
         self._weights: dict[int, np.ndarray] = {}
 
+    def with_mask(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """``sample`` with its ``mask`` (see the class)."""
+        if "mask" in sample:
+            return sample
+        labels = np.asarray(sample.get("labels", ()), np.int64).reshape(-1)
+        small = 0 <= self.ignore_index <= 255 and labels.max(initial=0) <= 255
+        dtype = np.uint8 if small else np.int32
+        if "masks" in sample:
+            masks = np.asarray(sample["masks"])
+            iscrowd = np.asarray(sample.get("iscrowd", np.zeros(len(masks))))
+            mask = np.zeros(masks.shape[1:], dtype)
+            area = masks.reshape(len(masks), -1).sum(1)
+            # crowd first, then objects from the largest to the smallest: later ones paint over
+            order = sorted(range(len(masks)), key=lambda k: (-int(iscrowd[k]), -int(area[k])))
+            for k in order:
+                mask[masks[k] > 0] = self.ignore_index if iscrowd[k] else labels[k]
+        elif "instances" in sample:  # ids: the objects do not overlap
+            mask = np.concatenate([[0], labels]).astype(dtype)[sample["instances"]]
+        else:
+            mask = np.full(sample["image"].shape[:2], self.ignore_index, dtype)
+        sample["mask"] = mask
+        return sample
+
     def load_sample(self, index: int) -> dict[str, Any]:
-        raise NotImplementedError
+        return self.with_mask(self.source[index])  # type: ignore[index]
 
     def load_mask(self, index: int) -> np.ndarray:
-        """The raw mask of sample ``index`` (override when it can be read without the image)."""
-        return np.asarray(self.load_sample(index)["mask"])
+        """The checked mask of sample ``index``, read without the image where the source can."""
+        sample = self.with_mask(self.source.labels(index))  # type: ignore[union-attr]
+        mask = np.asarray(sample["mask"])
+        self.check_mask(mask, sample.get("mask_file", sample["name"]))
+        return mask
 
     def load_weight(self, index: int, sample: dict[str, Any] | None = None) -> np.ndarray:
         """The weight map (H, W) float32 of sample ``index`` (``sample``: its loaded sample)."""
@@ -206,8 +323,6 @@ class SemanticDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.load_sample(index)
         image, mask, name = sample["image"], np.asarray(sample["mask"]), sample["name"]
-        if image.ndim == 2:
-            image = image[..., None]
         if mask.shape != image.shape[:2]:
             raise ValueError(
                 f"sample '{name}': mask shape {mask.shape} differs from image shape {image.shape[:2]}"
@@ -227,44 +342,6 @@ class SemanticDataset(Dataset):
         if weight is not None:
             item["weight"] = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
         return item
-
-
-class PairedSemanticDataset(SemanticDataset):
-    """A semantic view read from ``pairs`` of ``(image file, label file)``: RGB images, labels
-    through ``read_label`` (an ``IndexPNG``); ``name`` is the image file, ``dataset`` names the
-    dataset in errors; ``**kwargs`` are ``SemanticDataset``'s."""
-
-    def __init__(
-        self,
-        pairs: Sequence[tuple[Path, Path]],
-        read_label: Callable[[Path], np.ndarray],
-        *,
-        dataset: str,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.pairs = list(pairs)
-        self.read_label = read_label
-        self.dataset_name = dataset
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def load_mask(self, index: int) -> np.ndarray:
-        """The checked mask of sample ``index`` (for statistics; ``__getitem__`` checks its own)."""
-        path = self.pairs[index][1]
-        mask = self.read_label(path)
-        self.check_mask(mask, str(path))
-        return mask
-
-    def load_sample(self, index: int) -> dict[str, Any]:
-        image_path, label_path = self.pairs[index]
-        return {
-            "image": read_image(image_path, self.dataset_name),
-            "mask": self.read_label(label_path),
-            "name": str(image_path),
-            "mask_file": str(label_path),
-        }
 
 
 def seed_transform(transform: Any, seed: int) -> None:
@@ -300,12 +377,10 @@ def edge_boxes(masks: np.ndarray) -> torch.Tensor:
     return boxes
 
 
-class InstanceDataset(Dataset):
-    """Base of every instance view: subclasses implement ``__len__`` and ``load_instances``.
-
-    ``load_instances(i)`` returns ``{"image": uint8 (H, W, C), "masks": (n, H, W) binary,
-    "labels": (n,) int, contiguous 1..K-1 (0 = background), "name": str}`` and optionally
-    ``"iscrowd"`` (n,). This class applies the albumentations pipeline to the image and every mask,
+class InstanceDataset(_View):
+    """The instance view of a ``source``: its objects (``masks``, or ``instances`` ids, with
+    ``labels`` 1..K-1, 0 = background, and optionally ``iscrowd``); an unlabelled sample has
+    none. This class applies the albumentations pipeline to the image and every mask,
     derives the boxes from the transformed masks (so boxes always fit their masks), drops objects
     left empty, and returns ``(image, target)`` in torchvision's detection format::
 
@@ -314,22 +389,11 @@ class InstanceDataset(Dataset):
                 "iscrowd": int64 (n,), "area": float32 (n,), "image_id": int, "name": str}
     """
 
-    def __init__(
-        self, *, num_classes: int, transform: Callable[..., dict[str, Any]] | None = None
-    ) -> None:
-        self.num_classes = num_classes
-        self.transform = transform
-
-    def load_instances(self, index: int) -> dict[str, Any]:
-        raise NotImplementedError
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        sample = self.load_instances(index)
+        sample = self.source[index]  # type: ignore[index]
         image, name = sample["image"], sample["name"]
-        if image.ndim == 2:
-            image = image[..., None]
-        masks = np.asarray(sample["masks"], np.uint8).reshape(-1, *image.shape[:2])
-        labels = np.asarray(sample["labels"], np.int64).reshape(-1)
+        masks = instance_masks(sample, image.shape[:2])
+        labels = np.asarray(sample.get("labels", ()), np.int64).reshape(-1)
         iscrowd = np.asarray(sample.get("iscrowd", np.zeros(len(labels))), np.int64).reshape(-1)
         if len(labels) != len(masks) or len(iscrowd) != len(masks):
             raise ValueError(
@@ -367,7 +431,7 @@ def _distributed() -> bool:
 
 class SegmentationDataModule(L.LightningDataModule):
     """Base LightningDataModule: a dataset module declares ``info`` (a ``DatasetInfo``) and
-    implements ``pairs(split)`` (paired image / label files) or its own ``build_dataset``; this
+    implements ``pairs(split)`` (paired image / label files) or its own ``source(split)``; this
     class does the rest: view and class checks, transforms per split, dataset and collate per
     view, refusal of unscored splits, loaders.
 
@@ -561,15 +625,6 @@ class SegmentationDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------- datasets per view
 
-    def dataset_kwargs(self, split: str) -> dict[str, Any]:
-        """Keyword arguments of the view's dataset base class for ``split``."""
-        transform = self.train_transforms if split == "train" else self.eval_transforms
-        kwargs = {"num_classes": self.num_classes, "transform": transform}
-        if self.task == "semantic":
-            kwargs.update(ignore_index=self.ignore_index, mean=self.mean, std=self.std)
-            kwargs["weight_map"] = self.weight_map
-        return kwargs
-
     def pairs(self, split: str) -> list[tuple[Path, Path]]:
         """The ``(image, label)`` files of ``split`` (paired datasets)."""
         raise NotImplementedError(f"data={self.info.name} lists no (image, label) pairs")
@@ -578,13 +633,29 @@ class SegmentationDataModule(L.LightningDataModule):
         """Raw label value -> class or ``IGNORE`` (default: the declared ``info.labels``)."""
         return self.info.labels or {}
 
-    def build_dataset(self, split: str) -> Dataset:
-        """The dataset of ``split`` for the chosen view (default: the paired semantic one)."""
+    def source(self, split: str) -> SampleSource:
+        """The samples of ``split`` (default: ``pairs`` read as RGB images and ``IndexPNG``)."""
         reader = IndexPNG(
             self.label_values(), ignore_index=self.ignore_index, dataset=self.info.name
         )
-        return PairedSemanticDataset(
-            self.pairs(split), reader, dataset=self.info.name, **self.dataset_kwargs(split)
+        image = partial(read_image, dataset=self.info.name)
+        return PairedSamples(self.pairs(split), read_image=image, read_label=reader)
+
+    def view(self, source: SampleSource, *, train: bool = False) -> Dataset:
+        """The chosen view of ``source``, with the train or the eval transforms."""
+        kwargs = {
+            "num_classes": self.num_classes,
+            "transform": self.train_transforms if train else self.eval_transforms,
+        }
+        if self.task != "semantic":
+            return InstanceDataset(source, **kwargs)
+        return SemanticDataset(
+            source,
+            ignore_index=self.ignore_index,
+            mean=self.mean,
+            std=self.std,
+            weight_map=self.weight_map,
+            **kwargs,
         )
 
     def dataset(self, split: str) -> Dataset:
@@ -597,7 +668,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if split not in self.splits:
             raise ValueError(f"split={split!r}: data={self.info.name} has {list(self.splits)}")
         if split not in self.datasets:
-            dataset = self.build_dataset(split)
+            dataset = self.view(self.source(split), train=split == "train")
             # Main-process loading: augmentation follows the run's seed, one stream per rank.
             rank = dist.get_rank() if _distributed() else 0
             seed_transform(getattr(dataset, "transform", None), torch.initial_seed() + rank)

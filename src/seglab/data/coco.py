@@ -27,18 +27,11 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from torch.utils.data import Dataset
 
-from seglab.data.base import (
-    DatasetInfo,
-    InstanceDataset,
-    SegmentationDataModule,
-    SemanticDataset,
-    read_image,
-)
+from seglab.data.base import DatasetInfo, SampleSource, SegmentationDataModule, read_image
 
-__all__ = ["BACKGROUND_NAMES", "CocoCategories", "CocoDataModule", "CocoInstanceDataset",
-           "CocoSemanticDataset", "annotation_mask", "read_coco"]  # fmt: skip
+__all__ = ["BACKGROUND_NAMES", "CocoCategories", "CocoDataModule", "CocoImages", "annotation_mask",
+           "read_coco"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -154,29 +147,44 @@ class CocoCategories:
                 )
 
 
-class _CocoSplit:
-    """The images of one split: image files and per-image objects (``image_ids``: the file's)."""
+class CocoImages(SampleSource):
+    """The images ``image_ids`` of ``coco`` (``read_coco``), their ``file_name`` relative to
+    ``image_dir``: ``image`` RGB, ``name`` the file, ``image_id`` the file's, one object per
+    annotation labelled by ``categories``, crowd ones marked ``iscrowd = 1`` (the instance task
+    keeps them out of the losses and the AP metrics ignore detections on them; the semantic
+    view makes them ``ignore_index``)."""
 
     def __init__(
         self,
         coco: COCO,
         image_dir: str | Path,
         categories: CocoCategories,
-        *,
-        image_ids: Sequence[int] | None = None,
-        **kwargs: Any,
+        image_ids: Sequence[int],
     ) -> None:
-        super().__init__(**kwargs)
         self.coco = coco
         self.image_dir = Path(image_dir).expanduser()
         self.categories = categories
-        self.image_ids = list(image_ids) if image_ids is not None else sorted(coco.imgs)
+        self.image_ids = list(image_ids)
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def image(self, index: int) -> tuple[np.ndarray, str]:
-        """The RGB image (H, W, 3) of sample ``index`` and its file."""
+    def labels(self, index: int) -> dict[str, Any]:
+        info = self.coco.imgs[self.image_ids[index]]
+        height, width = int(info["height"]), int(info["width"])
+        annotations = self.coco.imgToAnns.get(info["id"], [])
+        masks = np.zeros((len(annotations), height, width), np.uint8)
+        for k, annotation in enumerate(annotations):
+            masks[k] = annotation_mask(annotation, height, width)
+        return {
+            "masks": masks,
+            "labels": [self.categories.category_to_label[a["category_id"]] for a in annotations],
+            "iscrowd": [int(bool(a.get("iscrowd", 0))) for a in annotations],
+            "image_id": info["id"],
+            "name": str(self.image_dir / info["file_name"]),
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
         info = self.coco.imgs[self.image_ids[index]]
         path = self.image_dir / info["file_name"]
         if not path.is_file():
@@ -188,67 +196,7 @@ class _CocoSplit:
                 f"data=coco: image {path} is {image.shape[0]}x{image.shape[1]} but its "
                 f"annotation file says {expected[0]}x{expected[1]}"
             )
-        return image, str(path)
-
-    def objects(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(masks (n, H, W) uint8, labels (n,) int64, iscrowd (n,) int64) of sample ``index``."""
-        info = self.coco.imgs[self.image_ids[index]]
-        height, width = int(info["height"]), int(info["width"])
-        annotations = self.coco.imgToAnns.get(info["id"], [])
-        masks = np.zeros((len(annotations), height, width), np.uint8)
-        labels = np.zeros(len(annotations), np.int64)
-        iscrowd = np.zeros(len(annotations), np.int64)
-        for k, annotation in enumerate(annotations):
-            masks[k] = annotation_mask(annotation, height, width)
-            labels[k] = self.categories.category_to_label[annotation["category_id"]]
-            iscrowd[k] = int(bool(annotation.get("iscrowd", 0)))
-        return masks, labels, iscrowd
-
-
-class CocoInstanceDataset(_CocoSplit, InstanceDataset):
-    """Instance view: one target per annotation, crowd ones marked ``iscrowd = 1`` (the task keeps
-    them out of the losses; the AP metrics ignore detections on them). ``image_id`` is the file's.
-
-    Args:
-        coco: the split's annotations (``read_coco``).
-        image_dir: the folder the images' ``file_name`` are relative to.
-        categories: the label mapping.
-        image_ids: the images of this dataset (default: all, ascending id).
-        **kwargs: ``InstanceDataset``'s arguments.
-    """
-
-    def load_instances(self, index: int) -> dict[str, Any]:
-        image, name = self.image(index)
-        masks, labels, iscrowd = self.objects(index)
-        return {
-            "image": image,
-            "masks": masks,
-            "labels": labels,
-            "iscrowd": iscrowd,
-            "image_id": self.image_ids[index],
-            "name": name,
-        }
-
-
-class CocoSemanticDataset(_CocoSplit, SemanticDataset):
-    """Semantic view: each pixel takes the label of the smallest object covering it (so small
-    objects stay visible on large ones), crowd regions not covered by another object are
-    ``ignore_index``, the rest background (0). Arguments as for ``CocoInstanceDataset``."""
-
-    def load_mask(self, index: int) -> np.ndarray:
-        masks, labels, iscrowd = self.objects(index)
-        info = self.coco.imgs[self.image_ids[index]]
-        mask = np.zeros((int(info["height"]), int(info["width"])), np.int64)
-        area = masks.reshape(len(masks), -1).sum(1)
-        # crowd first, then objects from the largest to the smallest: later ones paint over
-        order = sorted(range(len(masks)), key=lambda k: (-int(iscrowd[k]), -int(area[k])))
-        for k in order:
-            mask[masks[k] > 0] = self.ignore_index if iscrowd[k] else labels[k]
-        return mask
-
-    def load_sample(self, index: int) -> dict[str, Any]:
-        image, name = self.image(index)
-        return {"image": image, "mask": self.load_mask(index), "name": name}
+        return {**self.labels(index), "image": image}
 
 
 COCO_INFO = DatasetInfo(
@@ -360,7 +308,7 @@ class CocoDataModule(SegmentationDataModule):
                 f"{source} {categories.names}: set data.class_names=null to take them from the file"
             )
 
-    def build_dataset(self, split: str) -> Dataset:
+    def source(self, split: str) -> CocoImages:
         self._check(split)
         coco = self.coco(split)
         image_dir = self.require_dir(self._path(split, "images"), "image folder")
@@ -376,6 +324,4 @@ class CocoDataModule(SegmentationDataModule):
                     f"data=coco: no image of {self._path(split, 'annotations')} has a non-crowd "
                     "annotation (data.filter_empty_train=true left the train split empty)"
                 )
-        view = {"semantic": CocoSemanticDataset, "instance": CocoInstanceDataset}[self.task]
-        kwargs = self.dataset_kwargs(split)
-        return view(coco, image_dir, self.categories, image_ids=image_ids, **kwargs)
+        return CocoImages(coco, image_dir, self.categories, image_ids)

@@ -6,7 +6,7 @@ Nature Methods 2019. Layout under ``data_dir``::
     stage1_train/<id>/images/<id>.png   RGBA, grey or colour light-microscopy image, varying size
     stage1_train/<id>/masks/<m>.png     one binary mask per nucleus, same size as the image
 
-``load_dsb2018`` reads one id into an RGB image and an int32 instance-id map; the semantic view
+``DSB2018Images`` reads each id into an RGB image and an int32 instance-id map; the semantic view
 (nucleus = 1, background = 0) and the instance view (one ``nucleus`` target per mask file) both
 build on it.
 """
@@ -19,17 +19,11 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
 
-from seglab.data.base import (
-    DatasetInfo,
-    InstanceDataset,
-    SegmentationDataModule,
-    SemanticDataset,
-    read_image,
-)
+from seglab.data.base import DatasetInfo, SampleSource, SegmentationDataModule, read_image
 
-__all__ = ["DSB2018", "DSB2018DataModule", "list_dsb2018_ids", "load_dsb2018", "split_dsb2018_ids"]
+__all__ = ["DSB2018", "DSB2018DataModule", "DSB2018Images", "list_dsb2018_ids", "load_dsb2018",
+           "split_dsb2018_ids"]  # fmt: skip
 
 HOW_TO_GET = (
     "get stage1_train of the 2018 Data Science Bowl (https://www.kaggle.com/c/"
@@ -113,8 +107,8 @@ def load_dsb2018_instances(
 
 def load_dsb2018(folder: str | Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     """``(image, instances)`` of ``image_id``: RGB uint8 (H, W, 3) and int32 ids (H, W)."""
-    image = read_image(Path(folder) / image_id / "images" / f"{image_id}.png", "DSB 2018")
-    return image, load_dsb2018_instances(folder, image_id, image.shape[:2])
+    sample = DSB2018Images(folder, [image_id], cache_masks=False)[0]
+    return sample["image"], sample["instances"]
 
 
 def split_dsb2018_ids(
@@ -136,15 +130,16 @@ def split_dsb2018_ids(
     return {"train": train, "val": val}
 
 
-class _DSBSplit:
-    """The ids of one split: their images and instance-id maps, each map composed from the mask
-    files on first request and, with ``cache_masks``, kept in memory (uint16 when the count fits;
-    each loader worker keeps its own), so later epochs read only the image file."""
+class DSB2018Images(SampleSource):
+    """The DSB 2018 ``ids`` of the stage ``folder``: ``image`` uint8 (H, W, 3), ``name`` the image
+    file, ``instances`` the int32 id map of ``load_dsb2018_instances`` (a pixel two mask files
+    claim goes to the first), one ``nucleus`` (label 1) per id; so the semantic view is nucleus
+    (1) vs background (0), its weight maps keep touching nuclei apart, and the instance view has
+    one target per non-empty mask file. Each map is composed from the mask files on first
+    request and, with ``cache_masks``, kept in memory (uint16 when the count fits; each loader
+    worker keeps its own), so later epochs read only the image file."""
 
-    def __init__(
-        self, folder: str | Path, ids: Sequence[str], *, cache_masks: bool = True, **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, folder: str | Path, ids: Sequence[str], *, cache_masks: bool = True) -> None:
         self.folder = Path(folder)
         self.ids = list(ids)
         self.cache_masks = cache_masks
@@ -153,49 +148,21 @@ class _DSBSplit:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def instances(self, index: int, shape: tuple[int, int] | None = None) -> np.ndarray:
-        """The int32 instance-id map (H, W) of sample ``index`` (``load_dsb2018_instances``)."""
+    def labels(self, index: int, shape: tuple[int, int] | None = None) -> dict[str, Any]:
         image_id = self.ids[index]
         if image_id in self._maps:
-            return self._maps[image_id].astype(np.int32)
-        ids = load_dsb2018_instances(self.folder, image_id, shape)
-        if self.cache_masks:
-            self._maps[image_id] = ids.astype(np.uint16) if ids.max() < 2**16 else ids
-        return ids
+            ids = self._maps[image_id].astype(np.int32)
+        else:
+            ids = load_dsb2018_instances(self.folder, image_id, shape)
+            if self.cache_masks:
+                self._maps[image_id] = ids.astype(np.uint16) if ids.max() < 2**16 else ids
+        name = str(self.folder / image_id / "images" / f"{image_id}.png")
+        return {"instances": ids, "labels": np.ones(int(ids.max()), np.int64), "name": name}
 
-    def read(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-        """``(image, instances, name)`` of sample ``index``."""
-        path = self.folder / self.ids[index] / "images" / f"{self.ids[index]}.png"
-        image = read_image(path, "DSB 2018")
-        return image, self.instances(index, image.shape[:2]), str(path)
-
-
-class DSB2018SemanticDataset(_DSBSplit, SemanticDataset):
-    """Semantic view of the DSB 2018 ``ids`` of the stage ``folder``: ``image`` uint8 (H, W, 3),
-    ``mask`` uint8 (H, W) nucleus (1) vs background (0), ``name`` the image file; ``instances``
-    (the nuclei) feed weight maps, so that touching nuclei stay separate objects. ``cache_masks``:
-    see ``_DSBSplit``; ``**kwargs``: ``SemanticDataset``'s."""
-
-    def load_mask(self, index: int) -> np.ndarray:
-        return (self.instances(index) > 0).astype(np.uint8)
-
-    def load_sample(self, index: int) -> dict[str, Any]:
-        image, instances, name = self.read(index)
-        mask = (instances > 0).astype(np.uint8)
-        return {"image": image, "mask": mask, "name": name, "instances": instances}
-
-
-class DSB2018InstanceDataset(_DSBSplit, InstanceDataset):
-    """Instance view of DSB 2018 ids: one ``nucleus`` (label 1) target per non-empty mask file,
-    its pixels as in ``load_dsb2018_instances`` (a pixel two files claim goes to the first);
-    ``image_id`` is the index in the split. Arguments as for ``DSB2018SemanticDataset``."""
-
-    def load_instances(self, index: int) -> dict[str, Any]:
-        image, instances, name = self.read(index)
-        count = int(instances.max())
-        masks = instances[None] == np.arange(1, count + 1, dtype=np.int32)[:, None, None]
-        labels = np.ones(count, np.int64)
-        return {"image": image, "masks": masks, "labels": labels, "image_id": index, "name": name}
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image_id = self.ids[index]
+        image = read_image(self.folder / image_id / "images" / f"{image_id}.png", "DSB 2018")
+        return {**self.labels(index, image.shape[:2]), "image": image}
 
 
 class DSB2018DataModule(SegmentationDataModule):
@@ -247,7 +214,5 @@ class DSB2018DataModule(SegmentationDataModule):
             )
         return self._split
 
-    def build_dataset(self, split: str) -> Dataset:
-        view = {"semantic": DSB2018SemanticDataset, "instance": DSB2018InstanceDataset}[self.task]
-        ids = self.split_ids()[split]
-        return view(self.folder, ids, cache_masks=self.cache_masks, **self.dataset_kwargs(split))
+    def source(self, split: str) -> DSB2018Images:
+        return DSB2018Images(self.folder, self.split_ids()[split], cache_masks=self.cache_masks)

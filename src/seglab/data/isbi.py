@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from seglab.data.base import DatasetInfo, IndexPNG, SegmentationDataModule, SemanticDataset
+from seglab.data.base import DatasetInfo, IndexPNG, PairedSamples, SegmentationDataModule
 
-__all__ = ["ISBI2012", "ISBI2012DataModule", "ISBI2012Dataset", "ISBILayout", "ISBISlice",
-           "find_isbi_layout"]  # fmt: skip
+__all__ = ["ISBI2012", "ISBI2012DataModule", "ISBILayout", "ISBISlice", "find_isbi_layout"]
 
 HOW_TO_GET = (
     "get the ISBI 2012 EM data either as the PNG slices of github.com/zhixuhao/unet "
@@ -57,8 +56,7 @@ class ISBISlice:
     path: Path
     page: int | None = None
 
-    @property
-    def name(self) -> str:
+    def __str__(self) -> str:
         return str(self.path) if self.page is None else f"{self.path}[page {self.page}]"
 
     def read(self, *, label: bool = False) -> np.ndarray:
@@ -68,12 +66,12 @@ class ISBISlice:
                 img.seek(self.page or 0)
                 if img.mode not in (("1", "L") if label else _GREY_MODES):
                     raise ValueError(
-                        f"ISBI 2012 {'label' if label else 'slice'} {self.name} has Pillow mode "
+                        f"ISBI 2012 {'label' if label else 'slice'} {self} has Pillow mode "
                         f"{img.mode!r}; expected 8-bit grey"
                     )
                 return np.array(img.convert("L"))
         except (OSError, EOFError) as err:
-            raise ValueError(f"ISBI 2012 slice {self.name} could not be read ({err})") from err
+            raise ValueError(f"ISBI 2012 slice {self} could not be read ({err})") from err
 
 
 @dataclass(frozen=True)
@@ -146,38 +144,6 @@ def find_isbi_layout(data_dir: str | Path, layout: str = "auto") -> ISBILayout:
     return ISBILayout(root, "tif", images, labels, _tif_pages(root / _TIF_FILES["test"]) or None)
 
 
-class ISBI2012Dataset(SemanticDataset):
-    """Semantic view of ISBI 2012 slices: ``image`` uint8 (H, W, 1), ``mask`` uint8 (H, W) with
-    0 = membrane and 1 = cell, ``name`` the file (``path[page N]`` for a TIFF page). ``labels``:
-    one per image, or None for unlabelled slices (the test stack), whose mask is
-    ``ignore_index`` everywhere so that nothing is scored. ``**kwargs``: ``SemanticDataset``'s."""
-
-    def __init__(
-        self, images: Sequence[ISBISlice], labels: Sequence[ISBISlice] | None, **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        self.images = tuple(images)
-        self.labels = None if labels is None else tuple(labels)
-        self.read_label = IndexPNG(
-            ISBI2012.labels, ignore_index=self.ignore_index, dataset=ISBI2012.name
-        )
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def load_mask(self, index: int, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        if self.labels is not None:
-            label = self.labels[index]
-            return self.read_label.lookup(label.read(label=True), label.name)
-        shape = shape or self.images[index].read().shape
-        return np.full(shape, self.ignore_index, np.uint8 if self.ignore_index <= 255 else np.int32)
-
-    def load_sample(self, index: int) -> dict[str, Any]:
-        image = self.images[index].read()
-        mask = self.load_mask(index, image.shape)
-        return {"image": image[..., None], "mask": mask, "name": self.images[index].name}
-
-
 class ISBI2012DataModule(SegmentationDataModule):
     """``data=isbi2012``: the ISBI 2012 EM stacks, binary membrane (0) vs cell (1), grey input.
 
@@ -238,14 +204,21 @@ class ISBI2012DataModule(SegmentationDataModule):
             raise ValueError(f"data.train_slices and data.val_slices share the slice(s) {overlap}")
         return {"train": train, "val": val}
 
-    def build_dataset(self, split: str) -> ISBI2012Dataset:
+    def source(self, split: str) -> PairedSamples:
+        """The slices of ``split``: image ``(H, W, 1)``, mask 0 = membrane / 1 = cell, ``name``
+        the file (``path[page N]`` for a TIFF page); the test slices are unlabelled, so that their
+        all-``ignore_index`` masks score nothing."""
         layout = self.layout
         if split == "test":
             if layout.test is None:
                 where = layout.root / ("test" if layout.kind == "png" else _TIF_FILES["test"])
                 raise self.not_found(f"split 'test' needs the test slices in {where}")
-            return ISBI2012Dataset(layout.test, None, **self.dataset_kwargs(split))
-        indices = self.split_indices()[split]
-        images = [layout.images[i] for i in indices]
-        labels = [layout.labels[i] for i in indices]
-        return ISBI2012Dataset(images, labels, **self.dataset_kwargs(split))
+            pairs = [(image, None) for image in layout.test]
+        else:
+            pairs = [(layout.images[i], layout.labels[i]) for i in self.split_indices()[split]]
+        reader = IndexPNG(ISBI2012.labels, ignore_index=self.ignore_index, dataset=ISBI2012.name)
+        return PairedSamples(
+            pairs,
+            read_image=lambda s: s.read()[..., None],
+            read_label=lambda s: reader.lookup(s.read(label=True), s),
+        )

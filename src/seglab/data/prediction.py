@@ -8,19 +8,16 @@ its eval transforms and normalisation, and labels that hold nothing: a semantic 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import lightning as L
-import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from seglab.data.base import InstanceDataset, SemanticDataset, read_image
+from seglab.data.base import PairedSamples, read_image
 
-__all__ = ["IMAGE_SUFFIXES", "ImageFilesInstanceDataset", "ImageFilesSemanticDataset",
-           "check_image", "find_images", "is_split", "prediction_dataset"]  # fmt: skip
+__all__ = ["IMAGE_SUFFIXES", "check_image", "find_images", "is_split", "prediction_dataset"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -59,51 +56,6 @@ def check_image(path: Path) -> None:
         )
 
 
-class _ImageFiles:
-    """The image files of a prediction, read as grey (``in_channels`` 1) or RGB (3)."""
-
-    def __init__(self, images: Sequence[Path], *, in_channels: int = 3, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.images = list(images)
-        self.mode = "L" if in_channels == 1 else "RGB"
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def image(self, index: int) -> np.ndarray:
-        return read_image(self.images[index], "input", self.mode)
-
-
-class ImageFilesSemanticDataset(_ImageFiles, SemanticDataset):
-    """Image files as unlabelled semantic samples: the mask is ``ignore_index`` everywhere.
-
-    Args:
-        images: the image files.
-        in_channels: 1 (read as grey) or 3 (read as RGB).
-        **kwargs: ``SemanticDataset``'s arguments (classes, normalisation, transform).
-    """
-
-    def load_sample(self, index: int) -> dict[str, Any]:
-        image = self.image(index)
-        mask = np.full(image.shape[:2], self.ignore_index, np.int64)
-        return {"image": image, "mask": mask, "name": str(self.images[index])}
-
-
-class ImageFilesInstanceDataset(_ImageFiles, InstanceDataset):
-    """Image files, read as RGB, as instance samples with no object; ``image_id`` is the file's
-    index. Arguments: the image files and ``InstanceDataset``'s."""
-
-    def load_instances(self, index: int) -> dict[str, Any]:
-        image = self.image(index)
-        return {
-            "image": image,
-            "masks": np.zeros((0, *image.shape[:2]), np.uint8),
-            "labels": np.zeros(0, np.int64),
-            "image_id": index,
-            "name": str(self.images[index]),
-        }
-
-
 def is_split(datamodule: L.LightningDataModule, source: str | Path | None) -> bool:
     """Whether ``input=source`` names a split of the data module: a bare split name (``val``);
     ``./val`` is the folder of that name."""
@@ -139,22 +91,11 @@ def prediction_dataset(datamodule: L.LightningDataModule, source: str | Path | N
     images = find_images(path)
     for image in images:
         check_image(image)
-    task, transform = datamodule.task, datamodule.eval_transforms
-    if task == "instance":
-        return ImageFilesInstanceDataset(
-            images, num_classes=datamodule.num_classes, transform=transform
-        )
-    if task != "semantic" or datamodule.in_channels not in (1, 3):
+    channels = datamodule.in_channels
+    if datamodule.task not in ("semantic", "instance") or channels not in (1, 3):
         raise ValueError(
-            f"data.task={task!r}, data.in_channels={datamodule.in_channels}: image files feed "
+            f"data.task={datamodule.task!r}, data.in_channels={channels}: image files feed "
             f"the semantic (grey or RGB) and instance views; predict on a split (one of {splits})"
         )
-    return ImageFilesSemanticDataset(
-        images,
-        in_channels=datamodule.in_channels,
-        num_classes=datamodule.num_classes,
-        ignore_index=datamodule.ignore_index,
-        mean=datamodule.mean,
-        std=datamodule.std,
-        transform=transform,
-    )
+    read = partial(read_image, dataset="input", mode="L" if channels == 1 else "RGB")
+    return datamodule.view(PairedSamples([(image, None) for image in images], read_image=read))

@@ -18,18 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
 
-from seglab.data.base import (
-    DatasetInfo,
-    InstanceDataset,
-    SegmentationDataModule,
-    SemanticDataset,
-    edge_boxes,
-)
+from seglab.data.base import DatasetInfo, SampleSource, SegmentationDataModule, edge_boxes
 
-__all__ = ["STUFF_TEXTURES", "THING_SHAPES", "Scene", "ShapesDataModule",
-           "ShapesGenerator", "ShapesInstanceDataset", "ShapesSemanticDataset"]  # fmt: skip
+__all__ = ["STUFF_TEXTURES", "THING_SHAPES", "Scene", "ShapesDataModule", "ShapesGenerator",
+           "ShapesScenes"]  # fmt: skip
 
 STUFF_TEXTURES = ("flat", "speckle", "stripes", "checker")
 THING_SHAPES = ("disk", "square", "triangle", "ring")
@@ -228,13 +221,14 @@ class ShapesGenerator:
         return image, semantic
 
 
-class _ShapesSplit:
-    """The scenes of one split: scene i of split s is ``generator(seed + offset(s) + i)``."""
+class ShapesScenes(SampleSource):
+    """The scenes of one split: scene i of split s is ``generator(seed + offset(s) + i)``, with
+    its ``mask`` (stuff classes then thing classes) and one object per visible thing (labels
+    1..T, 0 = background)."""
 
     def __init__(
-        self, generator: ShapesGenerator, *, num_samples: int, seed: int, split: str, **kwargs
+        self, generator: ShapesGenerator, *, num_samples: int, seed: int, split: str
     ) -> None:
-        super().__init__(**kwargs)
         self.generator = generator
         self.num_samples = num_samples
         self.split = split
@@ -243,29 +237,14 @@ class _ShapesSplit:
     def __len__(self) -> int:
         return self.num_samples
 
-    def scene(self, index: int) -> tuple[Scene, str]:
-        return self.generator(self.base_seed + index), f"shapes/{self.split}/{index:06d}"
-
-
-class ShapesSemanticDataset(_ShapesSplit, SemanticDataset):
-    """Semantic view: stuff classes then thing classes."""
-
-    def load_sample(self, index: int) -> dict:
-        scene, name = self.scene(index)
-        return {"image": scene.image, "mask": scene.semantic, "name": name}
-
-
-class ShapesInstanceDataset(_ShapesSplit, InstanceDataset):
-    """Instance view: one target per visible thing, labels 1..T (0 = background)."""
-
-    def load_instances(self, index: int) -> dict:
-        scene, name = self.scene(index)
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        scene = self.generator(self.base_seed + index)
         return {
             "image": scene.image,
+            "mask": scene.semantic,
             "masks": scene.instance_masks,
             "labels": scene.thing_labels + 1,
-            "image_id": index,
-            "name": name,
+            "name": f"shapes/{self.split}/{index:06d}",
         }
 
 
@@ -273,8 +252,8 @@ class ShapesDataModule(SegmentationDataModule):
     """``data=shapes``: generated scenes, no download. ``num_samples`` maps split -> size; the
     other generator settings are ``ShapesGenerator``'s.
 
-    ``task=semantic`` gives ``ShapesSemanticDataset`` samples (stuff then thing classes),
-    ``task=instance`` gives ``ShapesInstanceDataset`` samples in lists (background + things).
+    ``task=semantic`` gives stuff then thing classes, ``task=instance`` background + things
+    (``ShapesScenes``).
     """
 
     info = SHAPES
@@ -295,12 +274,7 @@ class ShapesDataModule(SegmentationDataModule):
             return ("background", *self.generator.thing_classes)
         return self.generator.class_names
 
-    def build_dataset(self, split: str) -> Dataset:
-        view = {"semantic": ShapesSemanticDataset, "instance": ShapesInstanceDataset}[self.task]
-        return view(
-            self.generator,
-            num_samples=self.num_samples[split],
-            seed=self.seed,
-            split=split,
-            **self.dataset_kwargs(split),
+    def source(self, split: str) -> ShapesScenes:
+        return ShapesScenes(
+            self.generator, num_samples=self.num_samples[split], seed=self.seed, split=split
         )
