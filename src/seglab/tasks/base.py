@@ -84,6 +84,16 @@ class SegmentationTask(L.LightningModule):
             self.add_module(f"{stage}_{name}", module)
             self.stage_metrics[stage][name] = module
 
+    def eval_step(self, batch: Any, stage: str) -> None:
+        """Update the metrics of ``stage`` (``val`` or ``test``) with one batch."""
+        raise NotImplementedError
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.eval_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.eval_step(batch, "test")
+
     def epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
         """The values to log at the end of ``stage``'s epoch, by name (without the stage)."""
         raise NotImplementedError

@@ -197,7 +197,7 @@ class InstanceSegmentationTask(SegmentationTask):
             )
         return preds, gts
 
-    def _eval_step(self, batch: tuple[list, list], stage: str) -> None:
+    def eval_step(self, batch: tuple[list, list], stage: str) -> None:
         images, targets = list(batch[0]), list(batch[1])
         detections = self.net(images)
         self.stage_metrics[stage]["ap"].update(*self.metric_inputs(detections, targets))
@@ -208,12 +208,6 @@ class InstanceSegmentationTask(SegmentationTask):
                 if key in meters:
                     meters[key].update(value, weight=len(images))
             meters["loss"].update(sum(losses.values()), weight=len(images))
-
-    def validation_step(self, batch: tuple[list, list], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: tuple[list, list], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
 
     def predict_step(self, batch: tuple[list, Any], batch_idx: int) -> list[dict[str, Any]]:
         """The net's detections of ``batch[0]`` (a list of images (C, H, W)), one dict per image

@@ -188,7 +188,7 @@ class SemanticSegmentationTask(SegmentationTask):
             return out["out"] if isinstance(out, dict) else out
         return predict_logits(self.net, images, mode=mode, **options)
 
-    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+    def eval_step(self, batch: dict[str, Any], stage: str) -> None:
         metrics = self.stage_metrics[stage]
         logits = self.infer(batch["image"])
         total, normaliser, mask = self._loss(logits, batch)
@@ -199,12 +199,6 @@ class SemanticSegmentationTask(SegmentationTask):
         metrics["metrics"].update(logits, mask)
         if "rand_error" in metrics:
             metrics["rand_error"].update(logits.max(dim=1).indices, mask)
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Class indices int64 (N, H, W) of ``batch["image"]`` (N, C, H, W), by ``self.infer``.
