@@ -88,3 +88,19 @@ def test_instance_view_matches_the_scene():
         assert (target["labels"] >= 1).all()
     with pytest.raises(ValueError, match="data.num_classes=6"):
         ShapesDataModule(task="instance", num_classes=6)
+
+
+def test_ddp_evaluation_split_smaller_than_the_world_is_named(monkeypatch):
+    # Lightning's unrepeated sampler would stop on a bare assert: name the split and the key.
+    import seglab.data.base as base
+
+    dm = ShapesDataModule(num_classes=6, num_samples={"train": 6, "val": 3, "test": 2})
+    monkeypatch.setattr(base, "_distributed", lambda: True)
+    monkeypatch.setattr(base.dist, "get_world_size", lambda *a: 4)
+    monkeypatch.setattr(base.dist, "get_rank", lambda *a: 0)
+    with pytest.raises(
+        ValueError, match=r"split of 3 sample\(s\) .* 4 DDP processes.*trainer.devices"
+    ):
+        dm.val_dataloader()
+    monkeypatch.setattr(base.dist, "get_world_size", lambda *a: 3)
+    assert len(dm.val_dataloader().sampler) == 1

@@ -689,6 +689,12 @@ class SegmentationDataModule(L.LightningDataModule):
         if not train and _distributed():
             # unlike torch's DistributedSampler, no sample repeated to even out the ranks: the
             # metrics would count it twice
+            if 0 < len(dataset) < dist.get_world_size():  # type: ignore[arg-type]
+                raise ValueError(
+                    f"data={self.info.name}: an evaluation split of {len(dataset)} sample(s) "  # type: ignore[arg-type]
+                    f"cannot give each of the {dist.get_world_size()} DDP processes one; expected "
+                    "trainer.devices (x num_nodes) at most the split's size"
+                )
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
