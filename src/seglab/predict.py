@@ -16,7 +16,7 @@ from seglab.callbacks.writers import (
     SemanticMaskWriter,
     output_stem,
 )
-from seglab.data.prediction import is_split, prediction_dataset
+from seglab.data.prediction import is_split
 from seglab.inference import configure_inference
 from seglab.utils.checkpoint import config_from_checkpoint, load_weights
 from seglab.utils.instantiate import build_datamodule, build_task, build_trainer
@@ -58,7 +58,8 @@ def predict(cfg: DictConfig) -> tuple[list[Path], dict[str, Any]]:
     configure_inference(run_cfg, cfg.get("inference"))
     datamodule = build_datamodule(run_cfg.data)
     source = OmegaConf.select(cfg, "input", throw_on_missing=True)
-    dataset = prediction_dataset(datamodule, source)
+    datamodule.predict_input = None if source is None else str(source)
+    dataset = datamodule.predict_dataset()  # reads every input's header: bad input fails here
     split = is_split(datamodule, source)
     writer = _writer(cfg, datamodule, str(source), split)
     if not split:
@@ -67,7 +68,6 @@ def predict(cfg: DictConfig) -> tuple[list[Path], dict[str, Any]]:
     load_weights(model, checkpoint, f"ckpt_path={str(cfg.ckpt_path)!r}")
     del checkpoint
     trainer = build_trainer(run_cfg, logger=False, callbacks=[writer])
-    datamodule.predict_input = str(source)  # predict_dataloader: prediction_dataset of it
     trainer.predict(model, datamodule=datamodule, return_predictions=False)
     log.info("wrote %d files to %s", len(writer.written), cfg.output)
     objects = {"cfg": run_cfg, "model": model, "datamodule": datamodule, "trainer": trainer}

@@ -722,15 +722,22 @@ class SegmentationDataModule(L.LightningDataModule):
         """An evaluation loader (no shuffling, no augmentation) over any split."""
         return self._loader(self.dataset(split), train=False, batch_size=self.eval_batch_size)
 
+    def predict_dataset(self) -> Dataset:
+        """The dataset of ``predict_input`` (``seglab.data.prediction.prediction_dataset``), built
+        once: its files' headers are read when it is built."""
+        from seglab.data.prediction import prediction_dataset  # its module needs this one
+
+        key = f"predict:{self.predict_input}"
+        if key not in self.datasets:
+            self.datasets[key] = prediction_dataset(self, self.predict_input)
+        return self.datasets[key]
+
     def predict_dataloader(self) -> DataLoader:
         """An evaluation loader over ``predict_input``: an image file, a folder of images or a
         split of this dataset (whole batches of ``eval_batch_size`` for a split, else one image
         a batch: files differ in size)."""
-        from seglab.data.prediction import prediction_dataset  # its module needs this one
-
-        source = self.predict_input
-        batch = self.eval_batch_size if source in self.splits else 1
-        return self._loader(prediction_dataset(self, source), train=False, batch_size=batch)
+        batch = self.eval_batch_size if self.predict_input in self.splits else 1
+        return self._loader(self.predict_dataset(), train=False, batch_size=batch)
 
     def class_pixel_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """Pixel counts per class over the training masks, and image pixels where each occurs."""
