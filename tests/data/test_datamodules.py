@@ -15,7 +15,7 @@ from PIL import Image
 from trees import TREES, Tree
 
 from seglab.data.base import IGNORE, DatasetInfo, SegmentationDataModule
-from seglab.data.dsb2018 import load_dsb2018
+from seglab.data.dsb2018 import load_dsb2018_instances
 from seglab.train import train
 from seglab.utils.instantiate import build_datamodule
 
@@ -60,7 +60,7 @@ def test_tree_splits_masks_and_batches(tree, compose_cfg):
     val = dm.dataset("val")[0]
     expected = tree.val_mask
     if "folder" in tree.extra:  # dsb2018: the seeded val id, read from its mask files
-        expected = load_dsb2018(tree.extra["folder"], dm.split_ids()["val"][0])[1] > 0
+        expected = load_dsb2018_instances(tree.extra["folder"], dm.split_ids["val"][0]) > 0
     np.testing.assert_array_equal(val["mask"].numpy(), expected)
     assert val["mask"].dtype == torch.int64 and val["image"].shape[-2:] == (24, 32)
 

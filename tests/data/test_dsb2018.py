@@ -10,8 +10,9 @@ from support import require_data
 
 from seglab.data.dsb2018 import (
     DSB2018DataModule,
+    DSB2018Images,
     list_dsb2018_ids,
-    load_dsb2018,
+    load_dsb2018_instances,
     split_dsb2018_ids,
 )
 from seglab.data.transforms import ElasticDeformation
@@ -66,7 +67,8 @@ def test_real_ids_images_instances_and_split(dsb_dir):
     assert split == split_dsb2018_ids(list(reversed(ids)), val_fraction=0.2, seed=0)
     assert split["val"] != split_dsb2018_ids(ids, val_fraction=0.2, seed=1)["val"]
 
-    image, instances = load_dsb2018(folder, CROWDED)
+    sample = DSB2018Images(folder, [CROWDED])[0]
+    image, instances = sample["image"], sample["instances"]
     assert image.shape == (260, 347, 3) and image.dtype == np.uint8
     assert (image[..., 0] == image[..., 1]).all()  # a grey RGBA image, alpha dropped
     assert instances.dtype == np.int32 and instances.max() == 125
@@ -74,7 +76,7 @@ def test_real_ids_images_instances_and_split(dsb_dir):
     for k in (0, 60, 124):
         np.testing.assert_array_equal(instances == k + 1, np.asarray(Image.open(masks[k])) > 0)
 
-    _, instances = load_dsb2018(folder, OVERLAP)
+    instances = load_dsb2018_instances(folder, OVERLAP)
     stacked = np.stack(
         [np.asarray(Image.open(p)) > 0 for p in sorted(folder.glob(f"{OVERLAP}/masks/*"))]
     )
@@ -87,7 +89,7 @@ def test_real_weight_maps(dsb_dir):
     dm = DSB2018DataModule(data_dir=str(dsb_dir), weight_map=True)
     train_set = dm.dataset("train")
     index = train_set.ids.index(CROWDED)
-    _, instances = load_dsb2018(dm.folder, CROWDED)
+    instances = load_dsb2018_instances(dm.folder, CROWDED)
     np.testing.assert_array_equal(train_set.load_mask(index), instances > 0)
     weight = train_set.load_weight(index)
     assert train_set.load_weight(index) is weight  # computed once, cached
@@ -157,18 +159,19 @@ def test_synthetic_layout_modes_and_overlaps(tmp_path):
     (root / "README.txt").write_text("not an id")
 
     assert list_dsb2018_ids(root) == ["grey", "rgb", "rgba"]
-    image, instances = load_dsb2018(root, "grey")
+    sample = DSB2018Images(root, ["grey"])[0]
+    image, instances = sample["image"], sample["instances"]
     assert image.shape == (20, 30, 3) and (image[..., 2] == grey).all()
     assert instances.max() == 2 and instances[5, 5] == 1 and instances[5, 6] == 2
     assert (instances == 1).sum() == 16 and (instances == 2).sum() == 27
-    image, instances = load_dsb2018(root, "rgba")
+    image = DSB2018Images(root, ["rgba"])[0]["image"]
     assert image.shape == (20, 30, 3) and (image[..., 1] == grey // 2).all()
-    _, instances = load_dsb2018(root, "rgb")
+    instances = load_dsb2018_instances(root, "rgb")
     assert instances.max() == 0
 
     dm = DSB2018DataModule(data_dir=str(tmp_path), val_fraction=0.3, weight_map=True)
-    assert sorted(dm.split_ids()["train"] + dm.split_ids()["val"]) == ["grey", "rgb", "rgba"]
-    assert len(dm.split_ids()["val"]) == 1
+    assert sorted(dm.split_ids["train"] + dm.split_ids["val"]) == ["grey", "rgb", "rgba"]
+    assert len(dm.split_ids["val"]) == 1
     for split in ("train", "val"):
         for i in range(len(dm.dataset(split))):
             item = dm.dataset(split)[i]
@@ -228,11 +231,11 @@ def test_errors_name_the_folder_or_file(tmp_path):
 
     _write_id(tmp_path / "ok", "y", np.zeros((8, 8), np.uint8), [np.zeros((8, 9), np.uint8)])
     with pytest.raises(ValueError, match=re.escape(str(tmp_path / "ok/y/masks/m00.png"))):
-        load_dsb2018(tmp_path / "ok", "y")
+        load_dsb2018_instances(tmp_path / "ok", "y")
     (tmp_path / "ok/y/masks/m00.png").unlink()
     (tmp_path / "ok/y/masks").rmdir()
     with pytest.raises(FileNotFoundError, match="mask folder"):
-        load_dsb2018(tmp_path / "ok", "y")
+        load_dsb2018_instances(tmp_path / "ok", "y")
 
     with pytest.raises(ValueError, match="data.val_fraction"):
         DSB2018DataModule(data_dir=str(tmp_path), val_fraction=1.0)

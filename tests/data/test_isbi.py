@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from support import require_data
 
-from seglab.data.isbi import ISBI2012DataModule, find_isbi_layout
+from seglab.data.isbi import ISBI2012DataModule
 from seglab.data.transforms import ElasticDeformation
 from seglab.data.weight_maps import connected_components, unet_weight_map
 from seglab.train import train
@@ -65,7 +65,7 @@ def _gap_pixels(cells: np.ndarray, max_gap: int = 6) -> list[tuple[np.ndarray, i
 
 @pytest.mark.realdata
 def test_real_slices_counts_labels_and_splits(isbi_dir):
-    layout = find_isbi_layout(isbi_dir)
+    layout = ISBI2012DataModule(data_dir=str(isbi_dir)).layout
     assert layout.kind == "png"
     assert len(layout.images) == len(layout.labels) == 30 and len(layout.test) == 30
     assert [s.path.name for s in layout.images[:3]] == ["0.png", "1.png", "2.png"]
@@ -127,7 +127,7 @@ def test_tiff_stacks(tmp_path):
     _write_tif(tmp_path / "train-labels.tif", labels)
     _write_tif(tmp_path / "test-volume.tif", images[:4])
 
-    layout = find_isbi_layout(tmp_path)
+    layout = ISBI2012DataModule(data_dir=str(tmp_path)).layout
     assert layout.kind == "tif" and len(layout.images) == 6 and len(layout.test) == 4
     dm = ISBI2012DataModule(data_dir=str(tmp_path), val_slices=[4, 5], weight_map=True)
     train, val, test = (dm.dataset(s) for s in ("train", "val", "test"))
@@ -141,9 +141,11 @@ def test_tiff_stacks(tmp_path):
 
     # Both layouts present: auto prefers the PNG slices, layout=tif picks the stacks.
     _write_png_layout(tmp_path, images[:3], labels[:3])
-    assert find_isbi_layout(tmp_path).kind == "png"
-    assert len(find_isbi_layout(tmp_path).test) == 3  # 0_predict.png is not a slice
-    assert find_isbi_layout(tmp_path, "tif").kind == "tif"
+    assert ISBI2012DataModule(data_dir=str(tmp_path)).layout.kind == "png"
+    assert (
+        len(ISBI2012DataModule(data_dir=str(tmp_path)).layout.test) == 3
+    )  # 0_predict.png is not a slice
+    assert ISBI2012DataModule(data_dir=str(tmp_path), layout="tif").layout.kind == "tif"
 
 
 def test_bad_label_value_names_the_file(tmp_path):
@@ -172,7 +174,7 @@ def test_missing_data_and_bad_config(tmp_path):
     with pytest.raises(FileNotFoundError, match="found neither"):
         ISBI2012DataModule(data_dir=str(tmp_path)).setup("fit")
     with pytest.raises(FileNotFoundError, match=r"no N\.png slice in .*train/image"):
-        find_isbi_layout(tmp_path, "png")
+        ISBI2012DataModule(data_dir=str(tmp_path), layout="png").setup("fit")
 
     images, labels = _stack(4)
     _write_tif(tmp_path / "train-volume.tif", images)

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from support import require_data
 
-from seglab.data.dsb2018 import DSB2018DataModule, load_dsb2018
+from seglab.data.dsb2018 import DSB2018DataModule, load_dsb2018_instances
 from seglab.train import train
 from seglab.utils.instantiate import build_datamodule
 
@@ -48,7 +48,7 @@ def test_one_target_per_mask_file(dsb_dir):
     dm = DSB2018DataModule(data_dir=str(dsb_dir), task="instance", val_fraction=0.0)
     dataset = dm.dataset("train")
     image, target = find(dataset, CROWDED)
-    _, instances = load_dsb2018(dm.folder, CROWDED)
+    instances = load_dsb2018_instances(dm.folder, CROWDED)
     assert image.shape == (3, 260, 347) and image.min() >= 0 and image.max() <= 1
     assert target["labels"].tolist() == [1] * 125 and target["iscrowd"].sum() == 0
     masks = target["masks"].numpy()

@@ -106,22 +106,11 @@ class ADE20KDataModule(SegmentationDataModule):
 
     info = ADE20K
 
-    @property
-    def release(self) -> Path:
-        """The ``ADEChallengeData2016`` folder: ``data_dir`` or ``data_dir/ADEChallengeData2016``."""
-        root = self.root
-        for candidate in (root, root / RELEASE):
-            if (candidate / "images").is_dir() and (candidate / "annotations").is_dir():
-                return candidate
-        raise self.not_found(
-            f"found neither {root / RELEASE}/images and annotations nor {root}/images and "
-            "annotations"
-        )
-
     def pairs(self, split: str) -> list[tuple[Path, Path]]:
-        folder = SPLIT_FOLDERS[split]
-        images = self.require_dir(self.release / "images" / folder)
-        labels = self.require_dir(self.release / "annotations" / folder)
+        root = self.root  # the release folder itself, or the folder holding it
+        release = root if (root / "images").is_dir() else root / RELEASE
+        images = self.require_dir(release / "images" / SPLIT_FOLDERS[split])
+        labels = self.require_dir(release / "annotations" / SPLIT_FOLDERS[split])
         found = sorted(p for p in images.iterdir() if p.suffix.lower() == ".jpg")
         if not found:
             raise self.not_found(f"no .jpg image in {images}")

@@ -14,7 +14,8 @@ An instance sample is ``(image, target)`` in torchvision's detection format (``I
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -33,7 +34,8 @@ from seglab.data.weight_maps import UNetWeightMap
 
 __all__ = ["IGNORE", "DatasetInfo", "IndexPNG", "InstanceDataset", "PairedSamples",
            "SampleSource", "SegmentationDataModule", "SemanticDataset", "default_palette",
-           "edge_boxes", "instance_masks", "list_collate", "read_image", "seed_transform"]  # fmt: skip
+           "edge_boxes", "instance_masks", "list_collate", "open_image", "read_image",
+           "seed_transform"]  # fmt: skip
 
 IGNORE = -1  # in a label table: the raw value is read as data.ignore_index
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -77,6 +79,17 @@ def default_palette(num_colours: int) -> list[list[int]]:
     return palette.tolist()
 
 
+@contextmanager
+def open_image(path: str | Path, what: str) -> Iterator[Image.Image]:
+    """``PIL.Image.open(path)``; a file Pillow cannot read raises ``ValueError("<what> could not
+    be read (<reason>)")``, ``what`` naming the file."""
+    try:
+        with Image.open(path) as img:
+            yield img
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{what} could not be read ({err})") from err
+
+
 def read_image(path: str | Path, dataset: str, mode: str = "RGB") -> np.ndarray:
     """An image file as uint8 in Pillow ``mode``: RGB (H, W, 3) converts grey, palette, CMYK and
     RGBA; ``L`` gives grey (H, W, 1).
@@ -84,11 +97,8 @@ def read_image(path: str | Path, dataset: str, mode: str = "RGB") -> np.ndarray:
     Raises:
         ValueError: the file cannot be read, naming ``dataset`` and the file.
     """
-    try:
-        with Image.open(path) as img:
-            image = np.array(img.convert(mode), dtype=np.uint8)
-    except OSError as err:
-        raise ValueError(f"{dataset} image {str(path)!r} could not be read ({err})") from err
+    with open_image(path, f"{dataset} image {str(path)!r}") as img:
+        image = np.array(img.convert(mode), dtype=np.uint8)
     return image[..., None] if image.ndim == 2 else image
 
 
@@ -123,16 +133,13 @@ class IndexPNG:
 
     def __call__(self, path: str | Path) -> np.ndarray:
         """The class mask (H, W) of ``path``: uint8, or int32 for indices above 255."""
-        try:
-            with Image.open(path) as img:
-                if len(img.getbands()) != 1:
-                    raise ValueError(
-                        f"{self.dataset} label file {path} has Pillow mode {img.mode!r}; expected "
-                        f"a single-channel image of class indices ({self.allowed}), not colours"
-                    )
-                raw = np.asarray(img)
-        except OSError as err:
-            raise ValueError(f"{self.dataset} label file {path} could not be read ({err})") from err
+        with open_image(path, f"{self.dataset} label file {path}") as img:
+            if len(img.getbands()) != 1:
+                raise ValueError(
+                    f"{self.dataset} label file {path} has Pillow mode {img.mode!r}; expected "
+                    f"a single-channel image of class indices ({self.allowed}), not colours"
+                )
+            raw = np.asarray(img)
         return self.lookup(raw, path)
 
     def lookup(self, raw: np.ndarray, source: str | Path) -> np.ndarray:
@@ -191,15 +198,12 @@ class PairedSamples(SampleSource):
         image, label = self.pairs[index]
         if label is None:  # unlabelled: the mask takes the image's shape
             return self[index]
-        mask = self.read_label(label)  # type: ignore[misc]
-        return {"mask": mask, "mask_file": str(label), "name": str(image)}
+        return {"mask": self.read_label(label), "mask_file": str(label), "name": str(image)}  # type: ignore[misc]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, label = self.pairs[index]
-        sample = {"image": self.read_image(image), "name": str(image)}
-        if label is not None:
-            sample.update(mask=self.read_label(label), mask_file=str(label))  # type: ignore[misc]
-        return sample
+        labels = {} if label is None else self.labels(index)
+        return {**labels, "image": self.read_image(image), "name": str(image)}
 
 
 def instance_masks(sample: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:
@@ -495,17 +499,15 @@ class SegmentationDataModule(L.LightningDataModule):
                 f"(data={info.name})"
             )
         self.num_classes = num_classes
-        self.class_names = (
-            [str(n) for n in names] if names else [str(i) for i in range(num_classes)]
-        )
+        self.class_names = [str(n) for n in names or range(num_classes)]
         palette = palette or info.palette
         self.palette = [list(c) for c in palette] if palette else default_palette(num_classes)
-        self.in_channels = info.in_channels if in_channels is None else in_channels
-        if self.in_channels != info.in_channels:
+        if in_channels not in (None, info.in_channels):
             raise ValueError(
-                f"data.in_channels={self.in_channels} but data={info.name} images have "
+                f"data.in_channels={in_channels} but data={info.name} images have "
                 f"{info.in_channels} channel(s)"
             )
+        self.in_channels = info.in_channels
         self.ignore_index = info.ignore_index if ignore_index is None else ignore_index
         if 0 <= self.ignore_index < num_classes:
             raise ValueError(
@@ -518,22 +520,21 @@ class SegmentationDataModule(L.LightningDataModule):
                 f"data.mean / data.std have {len(self.mean)} / {len(self.std)} entries but "
                 f"data.in_channels={self.in_channels}"
             )
-        for key, value in (
-            ("batch_size", batch_size),
-            ("eval_batch_size", eval_batch_size),
-            ("crop_size", crop_size),
-        ):
+        sizes = {
+            "batch_size": batch_size,
+            "eval_batch_size": eval_batch_size,
+            "crop_size": crop_size,
+        }
+        for key, value in sizes.items():
             if value is not None and value < 1:
                 raise ValueError(f"data.{key}={value!r}: expected a positive integer")
         if num_workers < 0:
             raise ValueError(f"data.num_workers={num_workers}: expected 0 or more")
-        if weight_map is True:
-            weight_map = UNetWeightMap()
         if weight_map and task != "semantic":
             raise ValueError(
                 f"data.weight_map: weight maps belong to the semantic view, not {task}"
             )
-        self.weight_map = weight_map or None
+        self.weight_map = UNetWeightMap() if weight_map is True else weight_map or None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -678,10 +679,8 @@ class SegmentationDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------- loaders
 
     def setup(self, stage: str | None = None) -> None:
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
-            stage or "", ()
-        )
-        for split in needed:
+        stages = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+        for split in stages.get(stage or "", ()):
             self.dataset(split)
 
     def _loader(self, dataset: Dataset, *, train: bool, batch_size: int) -> DataLoader:
@@ -739,30 +738,21 @@ class SegmentationDataModule(L.LightningDataModule):
         batch = self.eval_batch_size if self.predict_input in self.splits else 1
         return self._loader(self.predict_dataset(), train=False, batch_size=batch)
 
-    def class_pixel_counts(self) -> tuple[np.ndarray, np.ndarray]:
-        """Pixel counts per class over the training masks, and image pixels where each occurs."""
-        dataset = self.dataset("train")
-        counts = np.zeros(self.num_classes, np.int64)
-        image_counts = np.zeros(self.num_classes, np.int64)
-        for i in range(len(dataset)):  # type: ignore[arg-type]
-            mask = np.asarray(dataset.load_mask(i)).ravel()  # type: ignore[attr-defined]
-            c = np.bincount(
-                mask[(mask >= 0) & (mask < self.num_classes)], minlength=self.num_classes
-            )
-            counts += c
-            image_counts[c > 0] += int(c.sum())
-        return counts, image_counts
-
     def median_frequency_weights(self) -> list[float]:
         """SegNet's median-frequency class weights (Eigen & Fergus 2015) from the training masks
         (ignore label out): ``median(f) / f(c)``, ``f(c)`` = pixels of class c / pixels of the
         images in which c is present; a class absent from every image gets weight 0."""
-        counts, image_counts = self.class_pixel_counts()
+        dataset, k = self.dataset("train"), self.num_classes
+        counts, image_counts = np.zeros(k, np.int64), np.zeros(k, np.int64)
+        for i in range(len(dataset)):  # type: ignore[arg-type]
+            mask = np.asarray(dataset.load_mask(i)).ravel()  # type: ignore[attr-defined]
+            c = np.bincount(mask[(mask >= 0) & (mask < k)], minlength=k)
+            counts += c
+            image_counts[c > 0] += int(c.sum())
         present = counts > 0
         if not present.any():
             raise ValueError("median-frequency weights: the training masks hold no labelled pixel")
-        freq = np.zeros(len(counts))
-        freq[present] = counts[present] / image_counts[present]
-        weights = np.zeros(len(counts))
-        weights[present] = np.median(freq[present]) / freq[present]
-        return weights.astype(np.float32).tolist()
+        freq = counts[present] / image_counts[present]
+        weights = np.zeros(k, np.float32)
+        weights[present] = np.median(freq) / freq
+        return weights.tolist()

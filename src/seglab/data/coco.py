@@ -30,8 +30,7 @@ from pycocotools.coco import COCO
 
 from seglab.data.base import DatasetInfo, SampleSource, SegmentationDataModule, read_image
 
-__all__ = ["BACKGROUND_NAMES", "CocoCategories", "CocoDataModule", "CocoImages", "annotation_mask",
-           "read_coco"]  # fmt: skip
+__all__ = ["BACKGROUND_NAMES", "CocoDataModule", "CocoImages", "annotation_mask", "read_coco"]
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +46,15 @@ HOW_TO_GET = (
 )
 
 
-def read_coco(path: str | Path) -> COCO:
+def read_coco(path: str | Path, background_names: Sequence[str] = BACKGROUND_NAMES) -> COCO:
     """A pycocotools ``COCO`` of the instances file ``path``, annotation ids renumbered 1..N (in
-    file order) when any is below 1 or repeated.
+    file order) when any is below 1 or repeated, categories named like the background
+    (``background_names``) dropped: the categories left, in id order, are the labels 1..K-1.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a COCO instances file (no ``images`` or ``categories`` list).
+        ValueError: not a COCO instances file (no ``images`` or ``categories`` list), or an
+            annotation of a dropped or unlisted category (naming it).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -77,6 +78,20 @@ def read_coco(path: str | Path) -> COCO:
         )
         for k, annotation in enumerate(annotations):
             annotation["id"] = k + 1
+    dropped = {c["id"] for c in data["categories"] if c.get("name") in background_names}
+    data["categories"] = [c for c in data["categories"] if c["id"] not in dropped]
+    listed = {c["id"] for c in data["categories"]}
+    for annotation in annotations:
+        if (cid := annotation.get("category_id")) not in listed:
+            why = "which the file's 'categories' do not list"
+            if cid in dropped:
+                why = (
+                    f"named like the background ({list(background_names)}); relabel it or set "
+                    "data.background_names"
+                )
+            raise ValueError(
+                f"data=coco: annotation {annotation['id']} in {path} has category {cid}, {why}"
+            )
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -113,58 +128,18 @@ def annotation_mask(annotation: Mapping[str, Any], height: int, width: int) -> n
     return mask_utils.decode(mask_utils.merge(rle) if isinstance(rle, list) else rle)
 
 
-class CocoCategories:
-    """The label mapping of a COCO file: categories minus background-named ones, in id order.
-
-    Attributes:
-        names: ``["background", *category names]``, one per label 0..K-1.
-        category_ids: the file's category id of each label 1..K-1 (``category_ids[label - 1]``).
-        label_to_category, category_to_label: label 1..K-1 <-> the file's category id.
-    """
-
-    def __init__(
-        self, coco: COCO, *, source: str, background_names: Sequence[str] = BACKGROUND_NAMES
-    ) -> None:
-        categories = sorted(coco.dataset["categories"], key=lambda c: c["id"])
-        kept = [c for c in categories if c.get("name") not in background_names]
-        dropped = [c["id"] for c in categories if c.get("name") in background_names]
-        self.names = ["background", *(str(c["name"]) for c in kept)]
-        self.category_ids = [int(c["id"]) for c in kept]
-        self.label_to_category = {k + 1: cid for k, cid in enumerate(self.category_ids)}
-        self.category_to_label = {cid: label for label, cid in self.label_to_category.items()}
-        for annotation in coco.dataset["annotations"]:
-            cid = annotation.get("category_id")
-            if cid in dropped:
-                raise ValueError(
-                    f"data=coco: annotation {annotation['id']} in {source} has category {cid}, "
-                    f"named like the background ({list(background_names)}); relabel it or set "
-                    "data.background_names"
-                )
-            if cid not in self.category_to_label:
-                raise ValueError(
-                    f"data=coco: annotation {annotation['id']} in {source} has category {cid}, "
-                    f"which the file's 'categories' do not list"
-                )
-
-
 class CocoImages(SampleSource):
     """The images ``image_ids`` of ``coco`` (``read_coco``), their ``file_name`` relative to
     ``image_dir``: ``image`` RGB, ``name`` the file, ``image_id`` the file's, one object per
-    annotation labelled by ``categories``, crowd ones marked ``iscrowd = 1`` (the instance task
-    keeps them out of the losses and the AP metrics ignore detections on them; the semantic
-    view makes them ``ignore_index``)."""
+    annotation labelled by the rank of its category id (1..K-1), crowd ones marked
+    ``iscrowd = 1`` (the instance task keeps them out of the losses and the AP metrics ignore
+    detections on them; the semantic view makes them ``ignore_index``)."""
 
-    def __init__(
-        self,
-        coco: COCO,
-        image_dir: str | Path,
-        categories: CocoCategories,
-        image_ids: Sequence[int],
-    ) -> None:
+    def __init__(self, coco: COCO, image_dir: str | Path, image_ids: Sequence[int]) -> None:
         self.coco = coco
         self.image_dir = Path(image_dir).expanduser()
-        self.categories = categories
         self.image_ids = list(image_ids)
+        self.label = {cid: k for k, cid in enumerate(sorted(coco.cats), start=1)}
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -178,7 +153,7 @@ class CocoImages(SampleSource):
             masks[k] = annotation_mask(annotation, height, width)
         return {
             "masks": masks,
-            "labels": [self.categories.category_to_label[a["category_id"]] for a in annotations],
+            "labels": [self.label[a["category_id"]] for a in annotations],
             "iscrowd": [int(bool(a.get("iscrowd", 0))) for a in annotations],
             "image_id": info["id"],
             "name": str(self.image_dir / info["file_name"]),
@@ -248,65 +223,52 @@ class CocoDataModule(SegmentationDataModule):
         self.filter_empty_train = filter_empty_train
         self.background_names = tuple(background_names)
         self._coco: dict[str, COCO] = {}
-        self._categories: CocoCategories | None = None
         super().__init__(
             num_classes=num_classes, class_names=class_names, data_dir=data_dir, **kwargs
         )
         self.splits = tuple(files)
         if class_names is None:  # take them from the first file, checking data.num_classes
-            self.class_names = self.categories.names
-            self._check(self.first)
+            self.class_names = self._check(self.first, names_from_file=True)
 
     def _path(self, split: str, key: str) -> Path:
         return Path(self.data_dir or "").expanduser() / self.split_files[split][key]
 
     def coco(self, split: str) -> COCO:
-        """The split's annotations as a pycocotools ``COCO`` (annotation ids >= 1), e.g. for
-        running ``COCOeval`` on exported results directly."""
+        """The split's annotations as a pycocotools ``COCO`` (``read_coco``), e.g. for running
+        ``COCOeval`` on exported results directly."""
         if split not in self.split_files:
             raise ValueError(f"split={split!r}: data.split_files has {list(self.split_files)}")
         if split not in self._coco:
-            self._coco[split] = read_coco(self._path(split, "annotations"))
+            self._coco[split] = read_coco(self._path(split, "annotations"), self.background_names)
         return self._coco[split]
-
-    @property
-    def categories(self) -> CocoCategories:
-        """The label mapping, from the first split's file."""
-        if self._categories is None:
-            self._categories = CocoCategories(
-                self.coco(self.first),
-                source=str(self._path(self.first, "annotations")),
-                background_names=self.background_names,
-            )
-        return self._categories
 
     @property
     def label_to_category(self) -> dict[int, int]:
         """Contiguous label -> the file's category id (for COCO results files)."""
-        return self.categories.label_to_category
+        return dict(enumerate(sorted(self.coco(self.first).cats), start=1))
 
-    def _check(self, split: str) -> None:
-        """Check the split's file against the first one's categories and the config's classes."""
-        source = self._path(split, "annotations")
-        categories = CocoCategories(
-            self.coco(split), source=str(source), background_names=self.background_names
-        )
-        if categories.category_ids != self.categories.category_ids:
+    def _check(self, split: str, names_from_file: bool = False) -> list[str]:
+        """The class names of the split's file, checked against the first file's categories,
+        data.num_classes and (unless ``names_from_file``) data.class_names."""
+        source, cats = self._path(split, "annotations"), self.coco(split).cats
+        ids, first = sorted(cats), list(self.label_to_category.values())
+        if ids != first:
             raise ValueError(
-                f"data=coco: {source} has the categories {categories.category_ids}, but "
-                f"{self._path(self.first, 'annotations')} has {self.categories.category_ids}"
+                f"data=coco: {source} has the categories {ids}, but "
+                f"{self._path(self.first, 'annotations')} has {first}"
             )
-        if self.num_classes != len(categories.names):
+        names = ["background", *(str(cats[i]["name"]) for i in ids)]
+        if self.num_classes != len(names):
             raise ValueError(
-                f"data.num_classes={self.num_classes} but {source} has "
-                f"{len(categories.names) - 1} categories (+ background): set "
-                f"data.num_classes={len(categories.names)}"
+                f"data.num_classes={self.num_classes} but {source} has {len(ids)} categories "
+                f"(+ background): set data.num_classes={len(names)}"
             )
-        if list(self.class_names) != categories.names:
+        if not names_from_file and list(self.class_names) != names:
             raise ValueError(
                 f"data.class_names={list(self.class_names)} differ from the categories of "
-                f"{source} {categories.names}: set data.class_names=null to take them from the file"
+                f"{source} {names}: set data.class_names=null to take them from the file"
             )
+        return names
 
     def source(self, split: str) -> CocoImages:
         self._check(split)
@@ -324,4 +286,4 @@ class CocoDataModule(SegmentationDataModule):
                     f"data=coco: no image of {self._path(split, 'annotations')} has a non-crowd "
                     "annotation (data.filter_empty_train=true left the train split empty)"
                 )
-        return CocoImages(coco, image_dir, self.categories, image_ids)
+        return CocoImages(coco, image_dir, image_ids)

@@ -14,16 +14,22 @@ build on it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from seglab.data.base import DatasetInfo, SampleSource, SegmentationDataModule, read_image
+from seglab.data.base import (
+    DatasetInfo,
+    SampleSource,
+    SegmentationDataModule,
+    open_image,
+    read_image,
+)
 
-__all__ = ["DSB2018", "DSB2018DataModule", "DSB2018Images", "list_dsb2018_ids", "load_dsb2018",
-           "split_dsb2018_ids"]  # fmt: skip
+__all__ = ["DSB2018", "DSB2018DataModule", "DSB2018Images", "list_dsb2018_ids",
+           "load_dsb2018_instances", "split_dsb2018_ids"]  # fmt: skip
 
 HOW_TO_GET = (
     "get stage1_train of the 2018 Data Science Bowl (https://www.kaggle.com/c/"
@@ -76,7 +82,7 @@ def load_dsb2018_instances(
     """
     base = Path(folder) / image_id
     if shape is None:
-        with Image.open(base / "images" / f"{image_id}.png") as img:
+        with open_image(base / "images" / f"{image_id}.png", "DSB 2018 image") as img:
             shape = (img.height, img.width)
     mask_dir = base / "masks"
     if not mask_dir.is_dir():
@@ -85,19 +91,16 @@ def load_dsb2018_instances(
     ids = np.zeros(shape, np.int32)
     n = 0
     for path in sorted(mask_dir.glob("*.png")):
-        try:
-            with Image.open(path) as img:
-                if len(img.getbands()) != 1 or img.size != (width, height):
-                    raise ValueError(
-                        f"DSB 2018 mask {path} is a {img.mode} image of {img.height}x{img.width}; "
-                        f"expected a single-channel mask of the image's size {height}x{width}"
-                    )
-                box = img.getbbox()  # of the non-zero pixels, None when there are none
-                if box is None:
-                    continue
-                crop = np.asarray(img.crop(box))
-        except OSError as err:
-            raise ValueError(f"DSB 2018 mask {path} could not be read ({err})") from err
+        with open_image(path, f"DSB 2018 mask {path}") as img:
+            if len(img.getbands()) != 1 or img.size != (width, height):
+                raise ValueError(
+                    f"DSB 2018 mask {path} is a {img.mode} image of {img.height}x{img.width}; "
+                    f"expected a single-channel mask of the image's size {height}x{width}"
+                )
+            box = img.getbbox()  # of the non-zero pixels, None when there are none
+            if box is None:
+                continue
+            crop = np.asarray(img.crop(box))
         n += 1
         x0, y0, x1, y1 = box
         region = ids[y0:y1, x0:x1]
@@ -105,29 +108,18 @@ def load_dsb2018_instances(
     return ids
 
 
-def load_dsb2018(folder: str | Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(image, instances)`` of ``image_id``: RGB uint8 (H, W, 3) and int32 ids (H, W)."""
-    sample = DSB2018Images(folder, [image_id], cache_masks=False)[0]
-    return sample["image"], sample["instances"]
-
-
 def split_dsb2018_ids(
     ids: Sequence[str], *, val_fraction: float, seed: int
 ) -> dict[str, list[str]]:
     """Deterministic train / val split: the sorted ids shuffled with ``seed``; the first
     ``round(val_fraction * n)`` (at least 1 and at most n - 1 when ``val_fraction > 0`` and
-    n >= 2) go to ``val``. Each split is returned sorted."""
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"data.val_fraction={val_fraction}: expected 0 <= val_fraction < 1")
-    ordered = sorted(ids)
-    n = len(ordered)
+    n >= 2) go to ``val``, for ``0 <= val_fraction < 1``. Each split is returned sorted."""
+    ordered, n = sorted(ids), len(ids)
     n_val = round(val_fraction * n)
     if val_fraction > 0 and n >= 2:
         n_val = min(max(n_val, 1), n - 1)
-    order = np.random.default_rng(seed).permutation(n)
-    val = sorted(ordered[i] for i in order[:n_val])
-    train = sorted(ordered[i] for i in order[n_val:])
-    return {"train": train, "val": val}
+    shuffled = [ordered[i] for i in np.random.default_rng(seed).permutation(n)]
+    return {"train": sorted(shuffled[n_val:]), "val": sorted(shuffled[:n_val])}
 
 
 class DSB2018Images(SampleSource):
@@ -203,16 +195,12 @@ class DSB2018DataModule(SegmentationDataModule):
         self.cache_masks = cache_masks
         self.val_fraction = val_fraction
         self.split_seed = split_seed
-        self._split: dict[str, list[str]] | None = None
 
+    @cached_property
     def split_ids(self) -> dict[str, list[str]]:
         """The sorted ids of ``train`` and ``val`` (listed on first use)."""
-        if self._split is None:
-            ids = list_dsb2018_ids(self.folder)
-            self._split = split_dsb2018_ids(
-                ids, val_fraction=self.val_fraction, seed=self.split_seed
-            )
-        return self._split
+        ids = list_dsb2018_ids(self.folder)
+        return split_dsb2018_ids(ids, val_fraction=self.val_fraction, seed=self.split_seed)
 
     def source(self, split: str) -> DSB2018Images:
-        return DSB2018Images(self.folder, self.split_ids()[split], cache_masks=self.cache_masks)
+        return DSB2018Images(self.folder, self.split_ids[split], cache_masks=self.cache_masks)

@@ -17,15 +17,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from seglab.data.base import DatasetInfo, IndexPNG, PairedSamples, SegmentationDataModule
+from seglab.data.base import (
+    DatasetInfo,
+    IndexPNG,
+    PairedSamples,
+    SegmentationDataModule,
+    open_image,
+)
 
-__all__ = ["ISBI2012", "ISBI2012DataModule", "ISBILayout", "ISBISlice", "find_isbi_layout"]
+__all__ = ["ISBI2012", "ISBI2012DataModule", "ISBILayout", "ISBISlice"]
 
 HOW_TO_GET = (
     "get the ISBI 2012 EM data either as the PNG slices of github.com/zhixuhao/unet "
@@ -44,8 +50,6 @@ ISBI2012 = DatasetInfo(
     mean=(0.495,),  # over the 30 train slices
     std=(0.173,),
 )
-LAYOUTS = ("auto", "png", "tif")
-_TIF_FILES = {"train": "train-volume.tif", "label": "train-labels.tif", "test": "test-volume.tif"}
 _GREY_MODES = ("L", "P", "LA", "RGB", "RGBA", "1")
 
 
@@ -61,31 +65,26 @@ class ISBISlice:
 
     def read(self, *, label: bool = False) -> np.ndarray:
         """The slice as a 2-D uint8 grey array; a ``label`` must be stored single-channel."""
-        try:
-            with Image.open(self.path) as img:
-                img.seek(self.page or 0)
-                if img.mode not in (("1", "L") if label else _GREY_MODES):
-                    raise ValueError(
-                        f"ISBI 2012 {'label' if label else 'slice'} {self} has Pillow mode "
-                        f"{img.mode!r}; expected 8-bit grey"
-                    )
-                return np.array(img.convert("L"))
-        except (OSError, EOFError) as err:
-            raise ValueError(f"ISBI 2012 slice {self} could not be read ({err})") from err
+        with open_image(self.path, f"ISBI 2012 slice {self}") as img:
+            img.seek(self.page or 0)
+            if img.mode not in (("1", "L") if label else _GREY_MODES):
+                raise ValueError(
+                    f"ISBI 2012 {'label' if label else 'slice'} {self} has Pillow mode "
+                    f"{img.mode!r}; expected 8-bit grey"
+                )
+            return np.array(img.convert("L"))
 
 
 @dataclass(frozen=True)
 class ISBILayout:
-    """The slices found under a data root: the labelled train stack and the test stack.
+    """The slices found under a data root: ``images[i]`` pairs with ``labels[i]``; ``test``
+    holds the slices found in ``test_source`` (none when it is absent)."""
 
-    ``images[i]`` pairs with ``labels[i]``; ``test`` is None when the test slices are absent.
-    """
-
-    root: Path
     kind: str  # "png" or "tif"
     images: tuple[ISBISlice, ...]
     labels: tuple[ISBISlice, ...]
-    test: tuple[ISBISlice, ...] | None
+    test_source: Path
+    test: tuple[ISBISlice, ...]
 
 
 def _numbered_pngs(folder: Path) -> tuple[ISBISlice, ...]:
@@ -99,49 +98,8 @@ def _tif_pages(path: Path) -> tuple[ISBISlice, ...]:
     """Every page of the TIFF stack ``path`` (none where it does not exist)."""
     if not path.is_file():
         return ()
-    try:
-        with Image.open(path) as img:
-            return tuple(ISBISlice(path, page) for page in range(getattr(img, "n_frames", 1)))
-    except OSError as err:
-        raise ValueError(f"ISBI 2012 TIFF stack {path} could not be read ({err})") from err
-
-
-def find_isbi_layout(data_dir: str | Path, layout: str = "auto") -> ISBILayout:
-    """The ISBI 2012 slices under ``data_dir``: ``layout`` ``png`` (``train/image``,
-    ``train/label``, ``test``), ``tif`` (the three stacks) or ``auto`` (PNG when ``train/image``
-    exists). Raises ``FileNotFoundError`` naming what is missing and how to get the data."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"data.layout={layout!r}: expected one of {list(LAYOUTS)}")
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"data=isbi2012: data_dir {root} does not exist; {HOW_TO_GET}")
-    image_dir = root / "train" / "image"
-    volume, stack = root / _TIF_FILES["train"], root / _TIF_FILES["label"]
-    if layout == "png" or (layout == "auto" and image_dir.is_dir()):
-        images = _numbered_pngs(image_dir)
-        if not images:
-            raise FileNotFoundError(f"data=isbi2012: no N.png slice in {image_dir}; {HOW_TO_GET}")
-        labels = tuple(ISBISlice(root / "train" / "label" / s.path.name) for s in images)
-        for s in labels:
-            if not s.path.is_file():
-                raise FileNotFoundError(
-                    f"data=isbi2012: label {s.path} is missing for slice {image_dir / s.path.name}"
-                )
-        return ISBILayout(root, "png", images, labels, _numbered_pngs(root / "test") or None)
-    if layout == "auto" and not volume.is_file():
-        raise FileNotFoundError(
-            f"data=isbi2012: found neither {image_dir} (PNG slices) nor {volume} (TIFF stack) "
-            f"in {root}; {HOW_TO_GET}"
-        )
-    for path in (volume, stack):
-        if not path.is_file():
-            raise FileNotFoundError(f"data=isbi2012: TIFF stack {path} not found; {HOW_TO_GET}")
-    images, labels = _tif_pages(volume), _tif_pages(stack)
-    if len(images) != len(labels):
-        raise ValueError(
-            f"data=isbi2012: {volume} has {len(images)} pages but {stack} has {len(labels)}"
-        )
-    return ISBILayout(root, "tif", images, labels, _tif_pages(root / _TIF_FILES["test"]) or None)
+    with open_image(path, f"ISBI 2012 TIFF stack {path}") as img:
+        return tuple(ISBISlice(path, page) for page in range(getattr(img, "n_frames", 1)))
 
 
 class ISBI2012DataModule(SegmentationDataModule):
@@ -152,7 +110,7 @@ class ISBI2012DataModule(SegmentationDataModule):
 
     Args:
         data_dir: the folder holding ``train/`` and ``test/`` or the three TIFF stacks.
-        layout: ``auto``, ``png`` or ``tif`` (see ``find_isbi_layout``).
+        layout: ``auto``, ``png`` or ``tif`` (see ``layout``).
         train_slices: indices of the labelled slices to train on; None: every slice not in
             ``val_slices``.
         val_slices: indices of the labelled slices to validate on.
@@ -170,19 +128,42 @@ class ISBI2012DataModule(SegmentationDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if layout not in LAYOUTS:
-            raise ValueError(f"data.layout={layout!r}: expected one of {list(LAYOUTS)}")
+        if layout not in ("auto", "png", "tif"):
+            raise ValueError(f"data.layout={layout!r}: expected 'auto', 'png' or 'tif'")
         self.layout_name = layout
         self.train_slices = None if train_slices is None else [int(i) for i in train_slices]
         self.val_slices = [int(i) for i in val_slices]
-        self._layout: ISBILayout | None = None
 
-    @property
+    @cached_property
     def layout(self) -> ISBILayout:
-        """The slices found under ``data_dir`` (looked up on first use)."""
-        if self._layout is None:
-            self._layout = find_isbi_layout(self.data_dir or "", self.layout_name)
-        return self._layout
+        """The slices under ``data_dir`` (looked up on first use): ``layout`` ``png``
+        (``train/image``, ``train/label``, ``test``), ``tif`` (the three stacks) or ``auto`` (PNG
+        when ``train/image`` exists). Raises ``FileNotFoundError`` naming what is missing."""
+        root, kind = self.root, self.layout_name
+        image_dir = root / "train" / "image"
+        if kind == "png" or (kind == "auto" and image_dir.is_dir()):
+            images = _numbered_pngs(image_dir)
+            if not images:
+                raise self.not_found(f"no N.png slice in {image_dir}")
+            label_dir = root / "train" / "label"
+            pairs = self.match_pairs([s.path for s in images], lambda image: label_dir / image.name)
+            labels = tuple(ISBISlice(label) for _, label in pairs)
+            return ISBILayout("png", images, labels, root / "test", _numbered_pngs(root / "test"))
+        volume, stack = root / "train-volume.tif", root / "train-labels.tif"
+        test = root / "test-volume.tif"
+        if kind == "auto" and not volume.is_file():
+            raise self.not_found(
+                f"found neither {image_dir} (PNG slices) nor {volume} (TIFF stack) in {root}"
+            )
+        for path in (volume, stack):
+            if not path.is_file():
+                raise self.not_found(f"TIFF stack {path} not found")
+        images, labels = _tif_pages(volume), _tif_pages(stack)
+        if len(images) != len(labels):
+            raise ValueError(
+                f"data=isbi2012: {volume} has {len(images)} pages but {stack} has {len(labels)}"
+            )
+        return ISBILayout("tif", images, labels, test, _tif_pages(test))
 
     def split_indices(self) -> dict[str, list[int]]:
         """Indices of the labelled slices in ``train`` and ``val``."""
@@ -191,16 +172,14 @@ class ISBI2012DataModule(SegmentationDataModule):
         if train is None:
             train = [i for i in range(n) if i not in set(val)]
         for key, indices in (("val_slices", val), ("train_slices", train)):
-            out = sorted({i for i in indices if not 0 <= i < n})
-            if out:
+            if out := sorted({i for i in indices if not 0 <= i < n}):
                 raise ValueError(
                     f"data.{key} holds {out}, outside the {n} labelled slices 0..{n - 1} "
-                    f"in {self.layout.root}"
+                    f"in {self.root}"
                 )
             if len(set(indices)) != len(indices):
                 raise ValueError(f"data.{key}={indices} lists a slice twice")
-        overlap = sorted(set(train) & set(val))
-        if overlap:
+        if overlap := sorted(set(train) & set(val)):
             raise ValueError(f"data.train_slices and data.val_slices share the slice(s) {overlap}")
         return {"train": train, "val": val}
 
@@ -210,9 +189,8 @@ class ISBI2012DataModule(SegmentationDataModule):
         all-``ignore_index`` masks score nothing."""
         layout = self.layout
         if split == "test":
-            if layout.test is None:
-                where = layout.root / ("test" if layout.kind == "png" else _TIF_FILES["test"])
-                raise self.not_found(f"split 'test' needs the test slices in {where}")
+            if not layout.test:
+                raise self.not_found(f"split 'test' needs the test slices in {layout.test_source}")
             pairs = [(image, None) for image in layout.test]
         else:
             pairs = [(layout.images[i], layout.labels[i]) for i in self.split_indices()[split]]

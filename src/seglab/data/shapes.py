@@ -95,13 +95,11 @@ class ShapesGenerator:
                 f"data: at most {len(STUFF_TEXTURES)} stuff and {len(THING_SHAPES)} thing classes "
                 f"(textures {STUFF_TEXTURES}, shapes {THING_SHAPES})"
             )
-        for key, pair in (("stuff_regions", stuff_regions), ("things", things)):
-            if len(pair) != 2 or not 0 <= pair[0] <= pair[1]:
+        for key, pair, least in (("stuff_regions", stuff_regions, 1), ("things", things, 0)):
+            if len(pair) != 2 or not least <= pair[0] <= pair[1]:
                 raise ValueError(
-                    f"data.{key}={list(pair)}: expected [min, max] with 0 <= min <= max"
+                    f"data.{key}={list(pair)}: expected [min, max] with {least} <= min <= max"
                 )
-        if stuff_regions[0] < 1:
-            raise ValueError("data.stuff_regions: at least one region is needed")
         self.size = (int(size[0]), int(size[1]))
         self.stuff_classes = tuple(stuff_classes)
         self.thing_classes = tuple(thing_classes)
@@ -157,13 +155,11 @@ class ShapesGenerator:
             instance_ids[mask] = len(labels)
 
         instance_ids, thing_labels = self._drop_hidden(instance_ids, np.asarray(labels, np.int64))
-        semantic_out = semantic.copy()
         hidden = (semantic >= len(self.stuff_classes)) & (instance_ids == 0)
-        if hidden.any():
-            image, semantic_out = self._repaint_hidden(image, semantic_out, hidden, region, rng)
+        self._repaint_hidden(image, semantic, hidden, region, rng)
         image = image + rng.normal(0, self.noise, image.shape).astype(np.float32)
         image_u8 = (image.clip(0, 1) * 255).round().astype(np.uint8)
-        return Scene(image_u8, semantic_out, instance_ids, thing_labels)
+        return Scene(image_u8, semantic, instance_ids, thing_labels)
 
     def _texture(self, kind: str, rng: np.random.Generator) -> np.ndarray:
         h, w = self.size
@@ -210,15 +206,14 @@ class ShapesGenerator:
         remap[1:][keep] = np.arange(1, keep.sum() + 1, dtype=np.int32)
         return remap[ids], labels[keep]
 
-    def _repaint_hidden(self, image, semantic, hidden, region, rng):
-        """Pixels of dropped tiny things go back to the stuff texture of their region."""
+    def _repaint_hidden(self, image, semantic, hidden, region, rng) -> None:
+        """Pixels of dropped tiny things go back to the stuff texture of their region (in place)."""
         for r in np.unique(region[hidden]):
             sel = hidden & (region == r)
             owner = semantic[(region == r) & (semantic < len(self.stuff_classes))]
             cls = int(owner[0]) if owner.size else 0
             image[sel] = self._texture(STUFF_TEXTURES[cls], rng)[sel]
             semantic[sel] = cls
-        return image, semantic
 
 
 class ShapesScenes(SampleSource):

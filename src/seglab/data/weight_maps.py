@@ -25,13 +25,10 @@ def connected_components(
 
     Shapes: ``mask`` (H, W) -> (H, W).
     """
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"connected_components: expected an (H, W) mask, got shape {mask.shape}")
     if connectivity not in (4, 8):
         raise ValueError(f"connected_components: connectivity={connectivity}, expected 4 or 8")
     structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
-    labels, _ = ndimage.label(mask == foreground, structure=structure, output=np.int32)
+    labels, _ = ndimage.label(np.asarray(mask) == foreground, structure=structure, output=np.int32)
     return labels
 
 
@@ -129,12 +126,11 @@ def unet_weight_map(
         )
     if instances.size and instances.min() < 0:
         raise ValueError("unet_weight_map: instance ids must be >= 0 (0 = background)")
-    if sigma <= 0 or w0 < 0:
+    if sigma <= 0 or w0 < 0 or not 0 < cutoff < 1:
         raise ValueError(
-            f"unet_weight_map: expected sigma > 0 and w0 >= 0, got sigma={sigma}, w0={w0}"
+            f"unet_weight_map: sigma={sigma}, w0={w0}, cutoff={cutoff}; expected sigma > 0, "
+            "w0 >= 0 and 0 < cutoff < 1"
         )
-    if not 0 < cutoff < 1:
-        raise ValueError(f"unet_weight_map: cutoff={cutoff}, expected 0 < cutoff < 1")
 
     background = instances == 0
     weight = _class_weight_map(background, class_weights)
