@@ -15,13 +15,18 @@ from torch import nn
 
 from seglab.tasks.instance import InstanceSegmentationTask
 from seglab.tasks.optim import configure_optimizers
+from seglab.tasks.panoptic import PanopticSegmentationTask
 from seglab.tasks.semantic import SemanticSegmentationTask
 from seglab.utils.instantiate import build_datamodule, build_list, build_task
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-TASKS = {"semantic": SemanticSegmentationTask, "instance": InstanceSegmentationTask}
+TASKS = {
+    "semantic": SemanticSegmentationTask,
+    "instance": InstanceSegmentationTask,
+    "panoptic": PanopticSegmentationTask,
+}
 
 
 def options(group: str) -> list[str]:
@@ -32,7 +37,7 @@ def options(group: str) -> list[str]:
 
 def test_semantic_models_share_one_base(compose_cfg):
     base = OmegaConf.load(CONF / "model" / "base" / "semantic.yaml")
-    semantic = [m for m in options("model") if m != "maskrcnn"]
+    semantic = [m for m in options("model") if m not in ("maskrcnn", "panoptic_fpn")]
     assert len(semantic) == 9
     for model in semantic:
         assert "base/semantic@_here_" in OmegaConf.load(CONF / "model" / f"{model}.yaml").defaults

@@ -11,6 +11,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from seglab.callbacks.writers import (
+    CocoPanopticWriter,
     CocoResultsWriter,
     PredictionWriter,
     SemanticMaskWriter,
@@ -44,7 +45,10 @@ def predict(cfg: DictConfig) -> tuple[list[Path], dict[str, Any]]:
       with ``overlay=true``, ``<stem>_overlay.png`` per image, in the folder ``output``;
     - instance: COCO results JSON with the dataset's category ids, ``output`` when it ends in
       ``.json``, else ``<output>/<split or input stem>_results.json``; for image files also
-      ``..._images.json``, the images and categories ``pycocotools.COCO`` needs to read it.
+      ``..._images.json``, the images and categories ``pycocotools.COCO`` needs to read it;
+    - panoptic: COCO panoptic output in the folder ``output``: ``<split or input stem>_panoptic
+      .json`` and a PNG per image in ``<...>_panoptic/`` (the dataset's category ids), and with
+      ``overlay=true`` an overlay per image in ``<...>_panoptic_overlay/``.
 
     Every input image and output path is checked before anything is written, and each file is
     written to a temporary name and renamed, so an interrupted run leaves no half-written file.
@@ -119,9 +123,20 @@ def _writer(
             images_path=images,
             class_names=datamodule.class_names,
         )
+    if datamodule.task == "panoptic":
+        return CocoPanopticWriter(
+            output=output,
+            stem=f"{source if split else output_stem(str(Path(source).expanduser()))}_panoptic",
+            category_ids=datamodule.category_ids,
+            class_names=datamodule.class_names,
+            num_things=datamodule.num_things,
+            palette=datamodule.palette,
+            overlay=bool(cfg.get("overlay", True)),
+            alpha=float(cfg.get("overlay_alpha", 0.5)),
+        )
     raise ValueError(
-        f"data.task={datamodule.task!r}: predict writes semantic and instance predictions; "
-        "no writer for this view yet"
+        f"data.task={datamodule.task!r}: predict writes semantic, instance and panoptic "
+        "predictions; no writer for this view"
     )
 
 

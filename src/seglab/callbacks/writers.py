@@ -1,7 +1,8 @@
 """Prediction writers for ``Trainer.predict``: one per output kind, each file written atomically.
 
 ``SemanticMaskWriter`` writes a class-index PNG (the dataset's palette) and an overlay per image;
-``CocoResultsWriter`` one COCO results JSON for all images. Both take the batch as the task's
+``CocoResultsWriter`` one COCO results JSON for all images; ``CocoPanopticWriter`` COCO panoptic
+output (a PNG per image and one JSON) and an overlay per image. All take the batch as the task's
 ``predict_step`` received it, so names, image sizes and image ids come from the dataset's items.
 """
 
@@ -24,7 +25,8 @@ from PIL import Image
 from seglab.export import detections_to_coco
 from seglab.utils.io import atomic_write_bytes
 
-__all__ = ["CocoResultsWriter", "PredictionWriter", "SemanticMaskWriter", "output_stem"]
+__all__ = ["CocoPanopticWriter", "CocoResultsWriter", "PredictionWriter", "SemanticMaskWriter",
+           "output_stem", "segment_ids_to_rgb"]  # fmt: skip
 
 # "name[page 3]": a page or frame of a multi-image file (ISBI's TIFF stacks name slices so)
 _QUALIFIED = re.compile(r"^(?P<path>.*?)(?P<qualifier>\[[^\[\]]*\])?$")
@@ -40,6 +42,15 @@ def output_stem(name: str) -> str:
     return f"{stem}_{qualifier}" if qualifier else stem
 
 
+def _gather(items: list[Any]) -> list[Any]:
+    """The ``items`` of every DDP rank, concatenated in rank order (``items`` alone without DDP)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return items
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [item for rank_items in gathered for item in rank_items]
+
+
 def _png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -53,10 +64,43 @@ class PredictionWriter(BasePredictionWriter):
     def __init__(self, *, write_interval: str) -> None:
         super().__init__(write_interval=write_interval)
         self.written: list[Path] = []
+        self._claimed: dict[Path, str] = {}
+
+    def targets(self, name: str) -> list[Path]:
+        """The files the predictions of the item ``name`` go to (none: the writer's outputs do
+        not depend on the items and its constructor checked them)."""
+        return []
 
     def plan(self, names: Sequence[str]) -> None:
-        """Check the outputs of the items ``names`` before anything is written (the default:
-        outputs that do not depend on the items, checked by the constructor)."""
+        """Check the outputs of every item before anything is written.
+
+        Raises:
+            ValueError: an output would overwrite an input image or another item's output.
+        """
+        inputs = {Path(n).resolve(): n for n in names}
+        for name in names:
+            self.claim(name, inputs)
+
+    def claim(self, name: str, inputs: Mapping[Path, str] | None = None) -> list[Path]:
+        """``targets(name)``, checked to overwrite no input image (``inputs``, by default the
+        item itself) and no other item's output."""
+        inputs = {Path(name).resolve(): name} if inputs is None else inputs
+        targets = self.targets(name)
+        for target in targets:
+            key = target.resolve()
+            if key in inputs:
+                raise ValueError(
+                    f"output={str(target.parent)!r}: the prediction of {name} would overwrite "
+                    f"the input image {inputs[key]}; expected an output folder apart from the "
+                    "input images"
+                )
+            if self._claimed.get(key, name) != name:
+                raise ValueError(
+                    f"input={name!r} and {self._claimed[key]!r} would both write {target}; "
+                    "expected input images with distinct names (stems)"
+                )
+            self._claimed[key] = name
+        return targets
 
     def write_file(self, path: Path, data: bytes) -> None:
         atomic_write_bytes(path, data)
@@ -107,41 +151,12 @@ class SemanticMaskWriter(PredictionWriter):
         self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255
         self.overlay = overlay
         self.alpha = alpha
-        self._claimed: dict[Path, str] = {}
 
     def targets(self, name: str) -> list[Path]:
         """The files the predictions of the item ``name`` go to."""
         stem = output_stem(name)
         overlay = [self.output / f"{stem}_overlay.png"] if self.overlay else []
         return [self.output / f"{stem}.png", *overlay]
-
-    def plan(self, names: Sequence[str]) -> None:
-        """Check the outputs of every item before anything is written.
-
-        Raises:
-            ValueError: an output would overwrite an input image or another item's output.
-        """
-        inputs = {Path(n).resolve(): n for n in names}
-        for name in names:
-            self._claim(name, inputs)
-
-    def _claim(self, name: str, inputs: Mapping[Path, str]) -> list[Path]:
-        targets = self.targets(name)
-        for target in targets:
-            key = target.resolve()
-            if key in inputs:
-                raise ValueError(
-                    f"output={str(self.output)!r}: the prediction of {name} would overwrite the "
-                    f"input image {inputs[key]}; expected an output folder apart from the input "
-                    "images"
-                )
-            if self._claimed.get(key, name) != name:
-                raise ValueError(
-                    f"input={name!r} and {self._claimed[key]!r} would both write {target}; "
-                    "expected input images with distinct names (stems)"
-                )
-            self._claimed[key] = name
-        return targets
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.output.mkdir(parents=True, exist_ok=True)
@@ -161,7 +176,7 @@ class SemanticMaskWriter(PredictionWriter):
             pixels = batch["image"].detach().float().cpu() * self.std + self.mean
             pixels = pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         for i, name in enumerate(batch["name"]):
-            mask_path, *overlay_path = self._claim(name, {Path(name).resolve(): name})
+            mask_path, *overlay_path = self.claim(name)
             self.write_file(mask_path, _png_bytes(self._mask_image(labels[i])))
             if overlay_path:
                 rgb = pixels[i] if pixels.shape[-1] == 3 else np.repeat(pixels[i][..., :1], 3, 2)
@@ -264,12 +279,7 @@ class CocoResultsWriter(PredictionWriter):
         predictions: Sequence[Any],
         batch_indices: Sequence[Any],
     ) -> None:
-        results, images = self._results, self._images
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, (results, images))
-            results = [r for rank_results, _ in gathered for r in rank_results]
-            images = [i for _, rank_images in gathered for i in rank_images]
+        results, images = _gather(self._results), _gather(self._images)
         if not trainer.is_global_zero:
             return
         results = sorted(results, key=lambda r: r["image_id"])  # stable: scores keep their order
@@ -278,3 +288,170 @@ class CocoResultsWriter(PredictionWriter):
             entries = sorted(images, key=lambda i: i["id"])
             coco = {"images": entries, "annotations": [], "categories": self.categories}
             self.write_file(self.images_path, json.dumps(coco).encode())
+
+
+def segment_ids_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """COCO panoptic PNG colours (H, W, 3) uint8 of segment ids (H, W): id = R + 256 G + 256^2 B."""
+    ids = np.asarray(ids, np.int64)
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+
+
+class CocoPanopticWriter(PredictionWriter):
+    """Writes COCO panoptic predictions (https://cocodataset.org/#format-results, panoptic):
+    ``<output>/<stem>/<image stem>.png`` per image, the segment ids as RGB
+    (``segment_ids_to_rgb``), and ``<output>/<stem>.json`` with one annotation per image
+    (``image_id``, ``file_name``, ``segments_info``: ``id``, ``category_id`` the dataset's own,
+    ``iscrowd`` 0, ``isthing``, ``area``, ``bbox`` xywh), the ``images`` and the
+    ``categories``; ``python -m seglab.metrics.panoptic_quality --gt-json GT --pred-json
+    <output>/<stem>.json`` scores them. With ``overlay``, ``<output>/<stem>_overlay/<image
+    stem>.png``: the image blended with each segment's class colour (things lighter or darker
+    per instance).
+
+    Takes the task's ``predict_step`` output (one dict per image with ``panoptic`` (H, W, 2) =
+    (class, instance id) and ``segments_info``), and the batch ``(images in [0, 1], targets
+    with image_id and name)``. Under DDP every rank writes its images' PNGs and rank 0 the JSON.
+
+    Args:
+        output: the folder written to (made if missing).
+        stem: name of the JSON file and the PNG folder (the split, or the input's stem).
+        category_ids: the dataset's category id of each class 1..T+S (``category_ids[c - 1]``).
+        class_names: one name per class (0 = void).
+        num_things: T: classes 1..T are things.
+        palette: one RGB triple per class.
+        overlay, alpha: write overlays, and the weight of the colours in them.
+    """
+
+    def __init__(
+        self,
+        *,
+        output: str | Path,
+        stem: str,
+        category_ids: Sequence[int],
+        class_names: Sequence[str],
+        num_things: int,
+        palette: Sequence[Sequence[int]],
+        overlay: bool = True,
+        alpha: float = 0.5,
+    ) -> None:
+        super().__init__(write_interval="batch_and_epoch")
+        self.output = Path(output).expanduser()
+        if self.output.exists() and not self.output.is_dir():
+            raise NotADirectoryError(
+                f"output={str(self.output)!r}: is an existing file; expected a folder (made if "
+                "missing)"
+            )
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"overlay_alpha={alpha}: expected a weight in [0, 1]")
+        if len(category_ids) != len(class_names) - 1:
+            raise ValueError(
+                f"{len(category_ids)} category ids for {len(class_names) - 1} classes 1..T+S"
+            )
+        self.json_path = self.output / f"{stem}.json"
+        self.png_dir = self.output / stem
+        self.overlay_dir = self.output / f"{stem}_overlay" if overlay else None
+        self.category_ids = [int(c) for c in category_ids]
+        self.num_things = num_things
+        self.colours = np.asarray(palette, np.float32).reshape(-1, 3)
+        self.alpha = alpha
+        self.categories = [
+            {"id": cid, "name": str(name), "isthing": int(c <= num_things), "color": colour}
+            for c, (cid, name) in enumerate(zip(self.category_ids, class_names[1:]), start=1)
+            for colour in [[int(v) for v in self.colours[c % len(self.colours)]]]
+        ]
+        self._annotations: list[dict[str, Any]] = []
+        self._images: list[dict[str, Any]] = []
+
+    def targets(self, name: str) -> list[Path]:
+        stem = output_stem(name)
+        overlay = [] if self.overlay_dir is None else [self.overlay_dir / f"{stem}.png"]
+        return [self.png_dir / f"{stem}.png", *overlay]
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._annotations, self._images = [], []
+        for folder in (self.png_dir, self.overlay_dir):
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Sequence[Mapping[str, Any]],
+        batch_indices: Sequence[int] | None,
+        batch: tuple[Sequence[torch.Tensor], Sequence[Mapping[str, Any]]],
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        for image, target, output in zip(*batch, prediction):
+            name = str(target.get("name", target["image_id"]))
+            png_path, *overlay_path = self.claim(name)
+            panoptic = output["panoptic"].detach().cpu().numpy()
+            segment_ids = np.zeros(panoptic.shape[:2], np.int64)
+            segments = []
+            for segment in output["segments_info"]:
+                mask = self._segment_mask(panoptic, segment)
+                if not mask.any():
+                    continue
+                segment_ids[mask] = int(segment["id"])
+                rows, cols = np.nonzero(mask)
+                x, y = int(cols.min()), int(rows.min())
+                segments.append(
+                    {
+                        "id": int(segment["id"]),
+                        "category_id": self.category_ids[int(segment["category_id"]) - 1],
+                        "iscrowd": 0,
+                        "isthing": int(bool(segment["isthing"])),
+                        "area": int(mask.sum()),
+                        "bbox": [x, y, int(cols.max()) - x + 1, int(rows.max()) - y + 1],
+                    }
+                )
+            self.write_file(png_path, _png_bytes(Image.fromarray(segment_ids_to_rgb(segment_ids))))
+            if overlay_path:
+                self.write_file(overlay_path[0], _png_bytes(self._overlay(image, panoptic)))
+            image_id = target["image_id"]
+            self._annotations.append(
+                {"image_id": image_id, "file_name": png_path.name, "segments_info": segments}
+            )
+            height, width = panoptic.shape[:2]
+            self._images.append(
+                {"id": image_id, "file_name": name, "height": height, "width": width}
+            )
+
+    def _segment_mask(self, panoptic: np.ndarray, segment: Mapping[str, Any]) -> np.ndarray:
+        """The pixels of ``segment``: its class and, for things, its instance id."""
+        mask = panoptic[..., 0] == int(segment["category_id"])
+        if segment["isthing"]:
+            mask &= panoptic[..., 1] == int(segment["id"])
+        return mask
+
+    def _overlay(self, image: torch.Tensor, panoptic: np.ndarray) -> Image.Image:
+        pixels = image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255
+        if pixels.shape[-1] != 3:
+            pixels = np.repeat(pixels[..., :1], 3, axis=2)
+        classes, instances = panoptic[..., 0], panoptic[..., 1]
+        colours = self.colours[classes.clip(0, len(self.colours) - 1)]
+        # instances of one class: shades apart, so touching objects stay distinguishable
+        shade = np.where(instances > 0, 0.7 + 0.6 * ((instances * 0.618) % 1.0), 1.0)
+        colours = (colours * shade[..., None]).clip(0, 255)
+        alpha = np.where(classes > 0, self.alpha, 0.0)[..., None]
+        blend = (1 - alpha) * pixels + alpha * colours
+        return Image.fromarray(blend.round().astype(np.uint8))
+
+    def write_on_epoch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        predictions: Sequence[Any],
+        batch_indices: Sequence[Any],
+    ) -> None:
+        annotations, images = _gather(self._annotations), _gather(self._images)
+        if not trainer.is_global_zero:
+            return
+        coco = {  # image ids are ints (COCO) or strings (Cityscapes)
+            "images": sorted(images, key=lambda i: (str(type(i["id"])), i["id"])),
+            "annotations": sorted(
+                annotations, key=lambda a: (str(type(a["image_id"])), a["image_id"])
+            ),
+            "categories": self.categories,
+        }
+        self.write_file(self.json_path, json.dumps(coco).encode())

@@ -92,6 +92,8 @@ class InstanceSegmentationTask(SegmentationTask):
     """
 
     main_metric = "map_segm"
+    loss_keys = LOSS_KEYS  # the net's losses, each logged
+    target_keys = _NET_TARGET_KEYS  # what the net learns from, of each target
 
     def __init__(
         self,
@@ -121,7 +123,7 @@ class InstanceSegmentationTask(SegmentationTask):
         self.mask_threshold = mask_threshold
         self.val_losses = val_losses
         self.add_stage_metric("ap", ("val", "test"), MaskAP)
-        names = (*LOSS_KEYS, "loss")
+        names = (*self.loss_keys, "loss")
         self.add_stage_metric(
             "loss", ("val", "test"), lambda: nn.ModuleDict({k: MeanMetric() for k in names})
         )
@@ -130,22 +132,29 @@ class InstanceSegmentationTask(SegmentationTask):
         """Detections of the net in eval mode (its losses in train mode need targets)."""
         return self.net(images)
 
-    @staticmethod
-    def net_targets(targets: Sequence[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:
-        """The targets the net learns from: boxes, labels and masks of the non-crowd objects."""
+    def net_targets(self, targets: Sequence[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:
+        """The targets the net learns from: boxes, labels and masks of the non-crowd objects
+        (and the other ``target_keys`` as they are)."""
         out = []
         for target in targets:
             crowd = target.get("iscrowd")
             keep = None if crowd is None or not bool(crowd.any()) else crowd == 0
             out.append(
-                {k: target[k] if keep is None else target[k][keep] for k in _NET_TARGET_KEYS}
+                {
+                    k: target[k] if keep is None or k not in _NET_TARGET_KEYS else target[k][keep]
+                    for k in self.target_keys
+                }
             )
         return out
+
+    def total_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss optimised: the sum of the net's losses."""
+        return sum(losses.values())  # type: ignore[return-value]
 
     def training_step(self, batch: tuple[list, list], batch_idx: int) -> torch.Tensor:
         images, targets = batch
         losses = self.net(list(images), self.net_targets(targets))
-        loss = sum(losses.values())
+        loss = self.total_loss(losses)
         logs = {f"train/{k}": v.detach() for k, v in losses.items()}
         self.log_dict(logs, batch_size=len(images))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
@@ -197,17 +206,22 @@ class InstanceSegmentationTask(SegmentationTask):
             )
         return preds, gts
 
+    def update_metrics(
+        self, stage: str, detections: Sequence[dict[str, Any]], targets: Sequence[dict[str, Any]]
+    ) -> None:
+        """Update the metrics of ``stage`` with the net's eval-mode outputs on a batch."""
+        self.stage_metrics[stage]["ap"].update(*self.metric_inputs(detections, targets))
+
     def eval_step(self, batch: tuple[list, list], stage: str) -> None:
         images, targets = list(batch[0]), list(batch[1])
-        detections = self.net(images)
-        self.stage_metrics[stage]["ap"].update(*self.metric_inputs(detections, targets))
+        self.update_metrics(stage, self.net(images), targets)
         if self.val_losses:
             losses = self.eval_losses(images, targets)
             meters = self.stage_metrics[stage]["loss"]
             for key, value in losses.items():
                 if key in meters:
                     meters[key].update(value, weight=len(images))
-            meters["loss"].update(sum(losses.values()), weight=len(images))
+            meters["loss"].update(self.total_loss(losses), weight=len(images))
 
     def predict_step(self, batch: tuple[list, Any], batch_idx: int) -> list[dict[str, Any]]:
         """The net's detections of ``batch[0]`` (a list of images (C, H, W)), one dict per image
