@@ -6,6 +6,7 @@ at the input's size, runs without gradients and leaves the model's train/eval mo
 ``"out"`` (torchvision's segmentation models do). Written by hand because neither torch nor
 Lightning tiles inference, and the overlap-tile stitching depends on the U-Net's pooling grid.
 ``configure_inference`` chooses the mode and options eval and predict run a checkpoint with.
+``panoptic_merge`` combines a panoptic net's instances and semantic map into one segmentation.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "configure_inference",
     "mirror_pad",
     "overlap_tile",
+    "panoptic_merge",
     "predict_logits",
     "sliding_window",
     "whole",
@@ -334,3 +336,96 @@ def configure_inference(run_cfg: DictConfig, override: Mapping[str, Any] | None)
         if p.default is p.empty and settings.get(key) is None:
             raise ValueError(f"inference.mode={mode} needs inference.{key}")
     OmegaConf.update(run_cfg, "model.inference", settings, merge=False, force_add=True)
+
+
+def panoptic_merge(
+    masks: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    semantic: torch.Tensor,
+    *,
+    score_threshold: float = 0.5,
+    overlap_threshold: float = 0.5,
+    stuff_area: int = 4096,
+    things_class: int = 0,
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Combine instance masks and a semantic map into non-overlapping panoptic segments.
+
+    The heuristic of Kirillov et al., "Panoptic Feature Pyramid Networks" (CVPR 2019), as in
+    panopticapi and detectron2's combine step: instances in descending score (ties in input
+    order), stopping at the first score below ``score_threshold``; an empty mask is skipped; an
+    instance whose pixels already taken exceed ``overlap_threshold`` of its own area is dropped,
+    else its untaken pixels become a segment (none if no pixel is left). Then each class of
+    ``semantic`` other than ``things_class``, in ascending order, on the pixels still untaken
+    becomes a segment unless it covers fewer than ``stuff_area`` of them. The rest stays 0 (void).
+
+    Args:
+        masks: bool (N, H, W), one mask per instance.
+        scores: (N,) instance scores.
+        labels: (N,) the thing category of each instance.
+        semantic: int (H, W) semantic-head classes (``things_class`` marks thing pixels).
+
+    Returns:
+        ``segment_ids`` int32 (H, W) on ``semantic``'s device: 0 void, k the k-th segment; and
+        ``segments``, one dict per segment in id order: ``id`` (1, 2, ...), ``category_id`` (the
+        instance's label for things, the semantic class for stuff), ``isthing``, ``score`` (float
+        for things, None for stuff) and ``area`` (pixels of the segment).
+    """
+    if semantic.ndim != 2:
+        raise ValueError(f"panoptic_merge: semantic must be (H, W), got {tuple(semantic.shape)}")
+    n = len(scores)
+    if masks.shape != (n, *semantic.shape) or scores.shape != (n,) or labels.shape != (n,):
+        raise ValueError(
+            f"panoptic_merge: expected masks (N, H, W), scores (N,) and labels (N,) with "
+            f"(H, W) = {tuple(semantic.shape)}, got masks {tuple(masks.shape)}, scores "
+            f"{tuple(scores.shape)}, labels {tuple(labels.shape)}"
+        )
+    if not 0 <= overlap_threshold <= 1:
+        raise ValueError(f"panoptic_merge: overlap_threshold={overlap_threshold}: expected 0..1")
+    if stuff_area < 0:
+        raise ValueError(f"panoptic_merge: stuff_area={stuff_area}: expected >= 0")
+    segment_ids = torch.zeros(semantic.shape, dtype=torch.int32, device=semantic.device)
+    segments: list[dict[str, Any]] = []
+    masks = masks.to(device=semantic.device, dtype=torch.bool)
+    order = torch.sort(scores, descending=True, stable=True).indices.tolist()
+    # One transfer each instead of a device sync per instance.
+    score_list, label_list = scores.tolist(), labels.tolist()
+    areas = masks.flatten(1).sum(1).tolist()
+    for i in order:
+        if score_list[i] < score_threshold:
+            break
+        if areas[i] == 0:
+            continue
+        free = masks[i] & (segment_ids == 0)
+        kept = int(free.sum())
+        if (areas[i] - kept) / areas[i] > overlap_threshold or kept == 0:
+            continue
+        segment_ids[free] = len(segments) + 1
+        segments.append(
+            {
+                "id": len(segments) + 1,
+                "category_id": int(label_list[i]),
+                "isthing": True,
+                "score": float(score_list[i]),
+                "area": kept,
+            }
+        )
+    untaken = segment_ids == 0
+    for cls in torch.unique(semantic[untaken]).tolist():
+        if cls == things_class:
+            continue
+        region = untaken & (semantic == cls)
+        area = int(region.sum())
+        if area < stuff_area:
+            continue
+        segment_ids[region] = len(segments) + 1
+        segments.append(
+            {
+                "id": len(segments) + 1,
+                "category_id": int(cls),
+                "isthing": False,
+                "score": None,
+                "area": area,
+            }
+        )
+    return segment_ids, segments

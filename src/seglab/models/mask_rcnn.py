@@ -17,7 +17,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["BACKBONES", "MaskRCNN"]
+__all__ = ["BACKBONES", "MaskRCNN", "backbone_training"]
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,29 @@ BACKBONES: dict[str, tuple[int, int]] = {
     "resnet101": (5, 5),
     "mobilenet_v3_large": (6, 3),
 }
-# Class-specific layers: skipped, not an error, when a weights file was trained on other classes.
-_CLASS_SPECIFIC = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+
+
+def backbone_training(
+    backbone: str,
+    *,
+    pretrained: bool,
+    trainable_backbone_layers: int | None,
+    frozen_batch_norm: bool | None,
+) -> tuple[int, bool]:
+    """The backbone stages that train and whether its batch norm is frozen; None picks every
+    stage and ordinary batch norm from scratch, 3 stages and frozen batch norm (torchvision's
+    choices) when ``pretrained`` (backbone or whole-model weights are loaded)."""
+    max_layers, _ = BACKBONES[backbone]
+    if trainable_backbone_layers is None:
+        trainable_backbone_layers = 3 if pretrained else max_layers
+    if not 0 <= trainable_backbone_layers <= max_layers:
+        raise ValueError(
+            f"model.net.trainable_backbone_layers={trainable_backbone_layers}: expected "
+            f"0..{max_layers} for {backbone}"
+        )
+    if frozen_batch_norm is None:
+        frozen_batch_norm = pretrained
+    return trainable_backbone_layers, frozen_batch_norm
 
 
 def _read_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:
@@ -114,6 +135,16 @@ class MaskRCNN(TorchvisionMaskRCNN):
             positive fraction.
     """
 
+    # State-dict prefixes of the class-specific layers: left at init, not an error, when a weights
+    # file was trained on other classes.
+    class_specific: tuple[str, ...] = (
+        "roi_heads.box_predictor.",
+        "roi_heads.mask_predictor.mask_fcn_logits.",
+    )
+    # State-dict prefixes of parts a weights file may lack entirely (left at init; a subclass's
+    # extra head when loading a plain Mask R-CNN).
+    optional_parts: tuple[str, ...] = ()
+
     def __init__(
         self,
         *,
@@ -153,17 +184,13 @@ class MaskRCNN(TorchvisionMaskRCNN):
             raise ValueError(
                 f"model.net.num_classes={num_classes}: Mask R-CNN needs background + at least one class"
             )
-        max_layers, levels = BACKBONES[backbone]
-        pretrained = backbone_weights is not None or weights is not None
-        if trainable_backbone_layers is None:
-            trainable_backbone_layers = 3 if pretrained else max_layers
-        if not 0 <= trainable_backbone_layers <= max_layers:
-            raise ValueError(
-                f"model.net.trainable_backbone_layers={trainable_backbone_layers}: expected "
-                f"0..{max_layers} for {backbone}"
-            )
-        if frozen_batch_norm is None:
-            frozen_batch_norm = pretrained
+        levels = BACKBONES[backbone][1]
+        trainable_backbone_layers, frozen_batch_norm = backbone_training(
+            backbone,
+            pretrained=backbone_weights is not None or weights is not None,
+            trainable_backbone_layers=trainable_backbone_layers,
+            frozen_batch_norm=frozen_batch_norm,
+        )
         norm_layer = FrozenBatchNorm2d if frozen_batch_norm else nn.BatchNorm2d
         if backbone.startswith("resnet"):
             body = resnet_fpn_backbone(
@@ -243,21 +270,30 @@ class MaskRCNN(TorchvisionMaskRCNN):
         skipped = [
             k
             for k, v in state.items()
-            if k.startswith(_CLASS_SPECIFIC) and k in own and own[k].shape != v.shape
+            if k.startswith(self.class_specific) and k in own and own[k].shape != v.shape
         ]
         state = {k: v for k, v in state.items() if k not in skipped}
+        absent = tuple(p for p in self.optional_parts if not any(k.startswith(p) for k in state))
         try:
             missing, unexpected = self.load_state_dict(state, strict=False)
         except RuntimeError as err:
             raise ValueError(
                 f"model.net.weights={str(path)!r} does not fit this net: {err}"
             ) from err
-        missing = [k for k in missing if k not in skipped and not k.endswith("num_batches_tracked")]
+        missing = [
+            k
+            for k in missing
+            if k not in skipped
+            and not k.endswith("num_batches_tracked")
+            and not k.startswith(absent)
+        ]
         if missing or unexpected:
             raise ValueError(
                 f"model.net.weights={str(path)!r} does not fit this net "
                 f"(backbone={self.backbone_name}): missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
+        if absent:
+            log.info("model.net.weights: %s not in the file, left at init", list(absent))
         if skipped:
             log.info(
                 "model.net.weights: %d class-specific tensors left at init: %s",
