@@ -8,7 +8,8 @@ A semantic sample after ``SemanticDataset.__getitem__`` is a dict::
     weight float32 (H, W), only with ``data.weight_map``: the per-pixel loss weight
     name   str, the file or generated sample it came from (used in error messages)
 
-An instance sample is ``(image, target)`` in torchvision's detection format (``InstanceDataset``).
+An instance sample is ``(image, target)`` in torchvision's detection format (``InstanceDataset``);
+a panoptic sample adds the ``semantic``, ``panoptic`` and ``crowd`` maps to it (``PanopticDataset``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from torchvision.ops import masks_to_boxes
 from seglab.data.weight_maps import UNetWeightMap
 
 __all__ = ["IGNORE", "DatasetInfo", "IndexPNG", "InstanceDataset", "PairedSamples",
-           "SampleSource", "SegmentationDataModule", "SemanticDataset", "default_palette",
-           "edge_boxes", "instance_masks", "list_collate", "open_image", "read_image",
+           "PanopticDataset", "SampleSource", "SegmentationDataModule", "SemanticDataset",
+           "default_palette", "edge_boxes", "instance_masks", "list_collate", "open_image",
+           "read_image",
            "seed_transform"]  # fmt: skip
 
 IGNORE = -1  # in a label table: the raw value is read as data.ignore_index
@@ -54,6 +56,8 @@ class DatasetInfo:
         unscored: split -> why it cannot be scored (asking for it raises, saying so).
         labels: raw label-file value -> class, or ``IGNORE``; any other value is an error.
         palette: one RGB triple per class (None: the VOC colour map).
+        things: the panoptic view's number of thing classes (the first ones after void), where
+            its ``views`` entry declares the classes.
         ignore_index, in_channels, mean, std: defaults of the ``data.*`` keys of those names.
     """
 
@@ -64,6 +68,7 @@ class DatasetInfo:
     unscored: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[int, int] | None = None
     palette: Sequence[Sequence[int]] | None = None
+    things: int | None = None
     ignore_index: int = 255
     in_channels: int = 3
     mean: Sequence[float] = IMAGENET_MEAN
@@ -163,8 +168,9 @@ class SampleSource:
     the labels as the dataset has them, any of: ``mask`` int (H, W) classes (with ``mask_file``,
     the file named in mask errors instead of ``name``); ``masks`` (n, H, W) binary or
     ``instances`` int (H, W) object ids (0 none, k object k), with ``labels`` (n,) int 1..K-1 and
-    optionally ``iscrowd`` (n,); ``image_id`` int (default: the index). A sample without any of
-    them is unlabelled: an all-``ignore_index`` mask, no object.
+    optionally ``iscrowd`` (n,); ``image_id`` int (default: the index); for the panoptic view
+    ``segment_ids`` int (H, W) (0 = void) with ``segments`` (``PanopticDataset``). A sample
+    without any of them is unlabelled: an all-``ignore_index`` mask, no object.
     """
 
     def labels(self, index: int) -> dict[str, Any]:
@@ -429,6 +435,97 @@ class InstanceDataset(_View):
         return pixels.float().div_(255.0), target
 
 
+class PanopticDataset(_View):
+    """The panoptic view of a ``source`` whose samples hold ``segment_ids`` int (H, W) (0 = void)
+    and ``segments``: a dict per segment with its ``id``, ``class`` (1..T things, T+1..T+S stuff)
+    and optionally ``iscrowd`` (default 0); ``panoptic_file`` names the map in errors. This class
+    checks them (every id of the map listed once, every listed id in the map, classes in
+    1..``num_classes`` - 1, map and image of one size), applies the albumentations pipeline to
+    the image and the segment map (a mask target: nearest), and returns ``(image, target)``: the
+    instance view's pair for the thing segments (crowd ones with ``iscrowd = 1``; boxes from the
+    transformed masks; things left empty dropped), the target adding::
+
+        semantic  int64 (H, W): 0 on every thing, s on stuff class T + s, ignore_index on void
+        panoptic  int64 (H, W, 2): (class, k on the k-th thing of the target, else 0)
+        crowd     bool (H, W): the pixels of crowd segments
+    """
+
+    def __init__(
+        self,
+        source: SampleSource | None = None,
+        *,
+        num_classes: int,
+        num_things: int,
+        ignore_index: int,
+        transform: Callable[..., dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(source, num_classes=num_classes, transform=transform)
+        self.num_things = num_things
+        self.ignore_index = ignore_index
+
+    def segment_map(self, sample: Mapping[str, Any]) -> np.ndarray:
+        """The checked map (H, W) int32 of 1 + each pixel's position in ``segments``, 0 = void."""
+        ids, file = np.asarray(sample["segment_ids"]), sample.get("panoptic_file", sample["name"])
+        if ids.shape != sample["image"].shape[:2]:
+            raise ValueError(
+                f"panoptic file {file} is {'x'.join(map(str, ids.shape))} but its image "
+                f"{sample['name']} is {'x'.join(map(str, sample['image'].shape[:2]))}"
+            )
+        listed = np.array([s["id"] for s in sample["segments"]], np.int64)
+        classes = np.array([s["class"] for s in sample["segments"]], np.int64)
+        found, inverse = np.unique(ids, return_inverse=True)
+        unlisted, absent = np.setdiff1d(found, [0, *listed]), np.setdiff1d(listed, found)
+        bad = np.unique(classes[(classes < 1) | (classes >= self.num_classes)])
+        for problem, failed in (
+            ("lists the void id 0 or a segment id twice",
+             (listed == 0).any() or len(np.unique(listed)) < len(listed)),
+            (f"holds segment id(s) {unlisted[:10].tolist()} that its segments do not list",
+             unlisted.size),
+            (f"lists segment id(s) {absent[:10].tolist()} absent from it", absent.size),
+            (f"has segment class(es) {bad.tolist()}; expected 1..{self.num_classes - 1}", bad.size),
+        ):  # fmt: skip
+            if failed:
+                raise ValueError(f"panoptic file {file} {problem}")
+        position = np.zeros(len(found), np.int32)  # found id -> 1 + its position in segments
+        order = np.argsort(listed)
+        real = found != 0
+        position[real] = order[np.searchsorted(listed[order], found[real])] + 1
+        return position[inverse].reshape(ids.shape)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        sample = self.source[index]  # type: ignore[index]
+        image, seg = sample["image"], self.segment_map(sample)
+        if self.transform is not None:
+            # padding fills both maps with one value: real pixels are those where they differ by 1
+            out = self.transform(image=image, masks=[seg, seg + 1])
+            image, (seg, shifted) = out["image"], out["masks"]
+            seg = np.where(np.asarray(shifted) == np.asarray(seg) + 1, seg, 0).astype(np.int32)
+        segments = sample["segments"]
+        classes = np.array([0, *(s["class"] for s in segments)], np.int64)  # by 1 + position
+        crowd = np.array([False, *(bool(s.get("iscrowd", 0)) for s in segments)])
+        area = np.bincount(seg.ravel(), minlength=len(classes))
+        things = np.flatnonzero((classes >= 1) & (classes <= self.num_things) & (area > 0))
+        instance = np.zeros(len(classes), np.int64)
+        instance[things] = np.arange(1, len(things) + 1)
+        semantic = np.where(classes > self.num_things, classes - self.num_things, 0)
+        semantic[0] = self.ignore_index
+        masks = (seg[None] == things[:, None, None]).astype(np.uint8)
+        target = {
+            "boxes": edge_boxes(masks),
+            "labels": torch.from_numpy(classes[things]),
+            "masks": torch.from_numpy(masks),
+            "iscrowd": torch.from_numpy(crowd[things].astype(np.int64)),
+            "area": torch.from_numpy(area[things].astype(np.float32)),
+            "image_id": int(sample.get("image_id", index)),
+            "name": sample["name"],
+            "semantic": torch.from_numpy(semantic[seg]),
+            "panoptic": torch.from_numpy(np.stack([classes[seg], instance[seg]], axis=-1)),
+            "crowd": torch.from_numpy(crowd[seg]),
+        }
+        pixels = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return pixels.float().div_(255.0), target
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -444,7 +541,9 @@ class SegmentationDataModule(L.LightningDataModule):
 
     Args:
         task: the task view (``semantic``, ``instance`` or ``panoptic``; set by the model config).
-        num_classes: classes of the view, background included.
+        num_classes: classes of the view, background included (panoptic: void + things + stuff).
+        num_things, num_stuff: the panoptic view's thing and stuff classes, checked against the
+            data (None: from it); None for the other views (``check_panoptic``).
         train_transforms, eval_transforms: albumentations pipelines (geometry and colour only;
             normalisation and tensor conversion happen after them).
         crop_size: side of the square train crops, read by the yaml's train pipeline
@@ -461,6 +560,8 @@ class SegmentationDataModule(L.LightningDataModule):
         *,
         task: str = "semantic",
         num_classes: int | None = None,
+        num_things: int | None = None,
+        num_stuff: int | None = None,
         in_channels: int | None = None,
         class_names: Sequence[str] | None = None,
         palette: Sequence[Sequence[int]] | None = None,
@@ -502,6 +603,16 @@ class SegmentationDataModule(L.LightningDataModule):
         self.class_names = [str(n) for n in names or range(num_classes)]
         palette = palette or info.palette
         self.palette = [list(c) for c in palette] if palette else default_palette(num_classes)
+        panoptic = task == "panoptic"
+        self.num_things, self.num_stuff = (num_things, num_stuff) if panoptic else (None, None)
+        self._category_ids: list[int] | None = None
+        if panoptic and None in (num_things, num_stuff):
+            self.check_panoptic()
+        elif panoptic and 1 + num_things + num_stuff != num_classes:  # type: ignore[operator]
+            raise ValueError(
+                f"data.num_things={num_things} + data.num_stuff={num_stuff} + void != "
+                f"data.num_classes={num_classes} (data={info.name})"
+            )
         if in_channels not in (None, info.in_channels):
             raise ValueError(
                 f"data.in_channels={in_channels} but data={info.name} images have "
@@ -555,7 +666,13 @@ class SegmentationDataModule(L.LightningDataModule):
     @classmethod
     def declared(cls, key: str, task: str = "semantic") -> Any:
         """The declared default of the ``data.<key>`` config key (``num_classes``,
-        ``in_channels``, ``ignore_index``, ``mean``, ``std``) for the ``task`` view."""
+        ``in_channels``, ``ignore_index``, ``mean``, ``std``; ``num_things``, ``num_stuff``: None
+        but for a declared panoptic view) for the ``task`` view."""
+        if key in ("num_things", "num_stuff"):
+            things, classes = cls.info.things, cls.info.views.get("panoptic")
+            if task != "panoptic" or things is None or classes is None:
+                return None
+            return things if key == "num_things" else len(classes) - 1 - things
         if key != "num_classes":
             return getattr(cls.info, key)
         cls.check_task(task)
@@ -577,6 +694,41 @@ class SegmentationDataModule(L.LightningDataModule):
     def view_classes(self) -> Sequence[str] | None:
         """The class names of the chosen view from the dataset itself (None: from the config)."""
         return self.info.views[self.task]
+
+    def panoptic_categories(self) -> tuple[int, list[int], str]:
+        """The panoptic classes as the data has them: the number of things T, the dataset's
+        category id of each class 1..T+S (things, then stuff, each in ascending id) and where
+        they were read (named in errors). Datasets with a panoptic view implement it."""
+        raise NotImplementedError(f"data={self.info.name} declares no panoptic categories")
+
+    def check_panoptic(self) -> list[int]:
+        """``category_ids``, read on first use and checked against ``data.num_things``,
+        ``data.num_stuff`` and ``data.num_classes`` (a ``ValueError`` naming the key)."""
+        if self._category_ids is None:
+            things, ids, where = self.panoptic_categories()
+            for key, kind, count in (
+                ("num_things", "thing", things),
+                ("num_stuff", "stuff", len(ids) - things),
+            ):
+                if getattr(self, key) not in (None, count):
+                    raise ValueError(
+                        f"data.{key}={getattr(self, key)} but {where} has {count} {kind} "
+                        f"categories: set data.{key}={count} (or null)"
+                    )
+            if 1 + len(ids) != self.num_classes:
+                raise ValueError(
+                    f"data.num_classes={self.num_classes} but {where} has {len(ids)} "
+                    f"categories (+ void): set data.num_classes={len(ids) + 1}"
+                )
+            self.num_things, self.num_stuff = things, len(ids) - things
+            self._category_ids = list(ids)
+        return self._category_ids
+
+    @property
+    def category_ids(self) -> list[int] | None:
+        """Panoptic view: the dataset's category id of each class 1..T+S
+        (``category_ids[c - 1]``, for export); None for the other views."""
+        return self.check_panoptic() if self.task == "panoptic" else None
 
     # ----------------------------------------------------------------- files and folders
 
@@ -648,6 +800,11 @@ class SegmentationDataModule(L.LightningDataModule):
             "num_classes": self.num_classes,
             "transform": self.train_transforms if train else self.eval_transforms,
         }
+        if self.task == "panoptic":
+            self.check_panoptic()  # the data's categories against the config, before a sample
+            return PanopticDataset(
+                source, num_things=self.num_things, ignore_index=self.ignore_index, **kwargs
+            )
         if self.task != "semantic":
             return InstanceDataset(source, **kwargs)
         return SemanticDataset(

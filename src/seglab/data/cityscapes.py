@@ -1,4 +1,4 @@
-"""Cityscapes fine annotations, semantic view: the 19 evaluation classes (trainIds).
+"""Cityscapes fine annotations: the 19 evaluation classes (trainIds), semantic and panoptic views.
 
 Cordts et al., "The Cityscapes Dataset for Semantic Urban Scene Understanding", CVPR 2016.
 Layout under ``data_dir`` (``leftImg8bit_trainvaltest.zip`` and ``gtFine_trainvaltest.zip``
@@ -13,10 +13,19 @@ cityscapesScripts' ``helpers/labels.py``: the 19 evaluated classes become 0..18,
 parking, rail track, guard rail, bridge, tunnel, polegroup, caravan, trailer) is ignored.
 ``label_type: trainIds`` reads the ``*_labelTrainIds.png`` files that cityscapesScripts'
 ``createTrainIdLabelImgs.py`` writes (255 = void).
+
+The panoptic view reads Cityscapes' own panoptic files, as cityscapesScripts'
+``createPanopticImgs.py`` writes them (COCO panoptic format, category ids = label ids, or
+trainIds with ``label_type: trainIds`` and ``--use-train-id``); classes: void, the 8 things, the
+11 stuff classes, each in id order::
+
+    gtFine/cityscapes_panoptic_{train,val}[_trainId].json
+    gtFine/cityscapes_panoptic_{train,val}[_trainId]/<city>_<seq>_<frame>_gtFine_panoptic.png
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +33,24 @@ import numpy as np
 from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 
 from seglab.data.base import IGNORE, DatasetInfo, SegmentationDataModule
+from seglab.data.coco_panoptic import PanopticCategories, PanopticImages, read_panoptic_json
 
-__all__ = ["CITYSCAPES", "CityscapesDataModule", "labelids_to_trainids", "trainids_to_labelids"]
+__all__ = [
+    "CITYSCAPES",
+    "CityscapesDataModule",
+    "CityscapesPanopticImages",
+    "labelids_to_trainids",
+    "trainids_to_labelids",
+]
 
 HOW_TO_TRAINIDS = (
     "make them with cityscapesScripts (pip install cityscapesscripts; "
     "CITYSCAPES_DATASET=<data_dir> csCreateTrainIdLabelImgs) or set data.label_type=labelIds"
+)
+HOW_TO_PANOPTIC = (
+    "make them with cityscapesScripts (pip install cityscapesscripts; "
+    "CITYSCAPES_DATASET=<data_dir> csCreatePanopticImgs, with --use-train-id for "
+    "data.label_type=trainIds)"
 )
 LABEL_SUFFIX = {"labelIds": "_gtFine_labelIds.png", "trainIds": "_gtFine_labelTrainIds.png"}
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -38,9 +59,15 @@ EVALUATED = sorted(
     (lab for lab in CITYSCAPES_LABELS if 0 <= lab.trainId < 255), key=lambda lab: lab.trainId
 )
 TRAIN_IDS = {lab.id: lab.trainId for lab in EVALUATED}
+# the panoptic classes 1..19: createPanopticImgs.py's categories, things then stuff, each by id
+PANOPTIC = sorted(EVALUATED, key=lambda lab: (not lab.hasInstances, lab.id))
 CITYSCAPES = DatasetInfo(
     name="cityscapes",
-    views={"semantic": tuple(lab.name for lab in EVALUATED)},
+    views={
+        "semantic": tuple(lab.name for lab in EVALUATED),
+        "panoptic": ("void", *(lab.name for lab in PANOPTIC)),
+    },
+    things=sum(lab.hasInstances for lab in PANOPTIC),
     how_to_get=(
         "register at https://www.cityscapes-dataset.com, download leftImg8bit_trainvaltest.zip "
         "and gtFine_trainvaltest.zip and unzip both into data.data_dir (or cityscapes/ under "
@@ -79,7 +106,8 @@ def trainids_to_labelids(train_ids: np.ndarray) -> np.ndarray:
 
 
 class CityscapesDataModule(SegmentationDataModule):
-    """``data=cityscapes``: Cityscapes gtFine, 19 trainId classes, RGB input, semantic view only.
+    """``data=cityscapes``: Cityscapes gtFine, 19 trainId classes, RGB input; semantic view, or
+    panoptic view (void + 8 things + 11 stuff) from the files of ``createPanopticImgs.py``.
 
     Splits: ``train`` (2975 images) and ``val`` (500) as released; ``test`` (1525 images) has
     no labels to score (its images go to the benchmark server: predict them).
@@ -87,19 +115,55 @@ class CityscapesDataModule(SegmentationDataModule):
     Args:
         data_dir: the folder holding ``leftImg8bit/`` and ``gtFine/``.
         label_type: ``labelIds`` (map the ids on the fly) or ``trainIds`` (read the files made
-            by ``createTrainIdLabelImgs.py``).
+            by ``createTrainIdLabelImgs.py``; panoptic: by ``createPanopticImgs.py
+            --use-train-id``).
         **kwargs: ``SegmentationDataModule``'s arguments.
     """
 
     info = CITYSCAPES
 
     def __init__(self, *, label_type: str = "labelIds", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
         if label_type not in LABEL_SUFFIX:
             raise ValueError(
                 f"data.label_type={label_type!r}: expected one of {list(LABEL_SUFFIX)}"
             )
         self.label_type = label_type
+        if kwargs.get("task") == "panoptic":  # the declared colours are the semantic view's
+            kwargs["palette"] = kwargs.get("palette") or [
+                (0, 0, 0),
+                *(lab.color for lab in PANOPTIC),
+            ]
+        super().__init__(**kwargs)
+
+    def panoptic_categories(self) -> tuple[int, list[int], str]:
+        train_ids = self.label_type == "trainIds"
+        ids = [lab.trainId if train_ids else lab.id for lab in PANOPTIC]
+        return self.info.things, ids, "cityscapesScripts' labels.py"  # type: ignore[return-value]
+
+    def source(self, split: str) -> Any:
+        """The split's pairs (semantic view) or its panoptic JSON, PNGs and images."""
+        if self.task != "panoptic":
+            return super().source(split)
+        name = f"cityscapes_panoptic_{split}{'_trainId' if self.label_type == 'trainIds' else ''}"
+        gt = self.require_dir(self.root / "gtFine")
+        path = gt / f"{name}.json"
+        data = read_panoptic_json(path, self.info.name, HOW_TO_PANOPTIC)
+        categories = PanopticCategories(data["categories"], source=str(path))
+        expected = (self.info.things, self.check_panoptic())
+        if (categories.num_things, categories.category_ids) != expected:
+            raise ValueError(
+                f"data=cityscapes: {path} has the categories {categories.category_ids} "
+                f"({categories.num_things} things); expected those of cityscapesScripts' "
+                f"labels.py for data.label_type={self.label_type}: {expected[1]} ({expected[0]})"
+            )
+        return CityscapesPanopticImages(
+            data,
+            source=path,
+            image_dir=self.require_dir(self.root / "leftImg8bit" / split),
+            png_dir=self.require_dir(gt / name, "panoptic PNG folder"),
+            categories=categories,
+            dataset=self.info.name,
+        )
 
     def label_values(self) -> dict[int, int]:
         if self.label_type == "trainIds":
@@ -120,3 +184,13 @@ class CityscapesDataModule(SegmentationDataModule):
             lambda image: labels / image.parent.name / (image.name[: -len(IMAGE_SUFFIX)] + suffix),
             how=how,
         )
+
+
+class CityscapesPanopticImages(PanopticImages):
+    """``PanopticImages`` with the images in ``leftImg8bit/<split>/<city>/``, found by image id
+    (``<city>_<seq>_<frame>``): the JSON's ``file_name`` says ``*_gtFine_leftImg8bit.png``,
+    a name no image has."""
+
+    def image_path(self, image: Mapping[str, Any]) -> Path:
+        city = str(image["id"]).split("_")[0]
+        return self.image_dir / city / f"{image['id']}{IMAGE_SUFFIX}"

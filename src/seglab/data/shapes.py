@@ -4,7 +4,7 @@ One scene, drawn deterministically from ``(seed, index)``, yields every view the
 
 - semantic mask (H, W): stuff classes ``0..S-1`` followed by thing classes ``S..S+T-1``;
 - instances: binary masks of the visible part of each thing, their thing class and box;
-- panoptic map (H, W, 2) = (semantic category, instance id), instance id 0 for stuff.
+- panoptic segments: one per thing, one per stuff class present (``ShapesScenes``).
 
 Colours are drawn independently of the class, so only texture (stuff) and shape (things) tell the
 classes apart.
@@ -27,9 +27,12 @@ __all__ = ["STUFF_TEXTURES", "THING_SHAPES", "Scene", "ShapesDataModule", "Shape
 STUFF_TEXTURES = ("flat", "speckle", "stripes", "checker")
 THING_SHAPES = ("disk", "square", "triangle", "ring")
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
-# classes: from the generator's settings (stuff + things; background + things for instances)
+# classes: from the generator's settings (see ShapesDataModule.view_classes)
 SHAPES = DatasetInfo(
-    name="shapes", views={"semantic": None, "instance": None}, mean=(0.5,) * 3, std=(0.25,) * 3
+    name="shapes",
+    views={"semantic": None, "instance": None, "panoptic": None},
+    mean=(0.5,) * 3,
+    std=(0.25,) * 3,
 )
 
 
@@ -218,8 +221,9 @@ class ShapesGenerator:
 
 class ShapesScenes(SampleSource):
     """The scenes of one split: scene i of split s is ``generator(seed + offset(s) + i)``, with
-    its ``mask`` (stuff classes then thing classes) and one object per visible thing (labels
-    1..T, 0 = background)."""
+    its ``mask`` (stuff classes then thing classes), one object per visible thing (labels
+    1..T, 0 = background) and its panoptic segments: thing k keeps id k (class 1..T), stuff
+    class s present is the one segment n + 1 + s of class T + 1 + s (n things; no void)."""
 
     def __init__(
         self, generator: ShapesGenerator, *, num_samples: int, seed: int, split: str
@@ -234,11 +238,19 @@ class ShapesScenes(SampleSource):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         scene = self.generator(self.base_seed + index)
+        n, things = len(scene.thing_labels), len(self.generator.thing_classes)
+        stuff = np.unique(scene.semantic[scene.instance_ids == 0])  # off things: stuff classes
+        segments = [{"id": k + 1, "class": int(c) + 1} for k, c in enumerate(scene.thing_labels)]
+        segments += [{"id": n + 1 + int(s), "class": things + 1 + int(s)} for s in stuff]
         return {
             "image": scene.image,
             "mask": scene.semantic,
             "masks": scene.instance_masks,
             "labels": scene.thing_labels + 1,
+            "segment_ids": np.where(
+                scene.instance_ids > 0, scene.instance_ids, n + 1 + scene.semantic
+            ),
+            "segments": segments,
             "name": f"shapes/{self.split}/{index:06d}",
         }
 
@@ -247,8 +259,8 @@ class ShapesDataModule(SegmentationDataModule):
     """``data=shapes``: generated scenes, no download. ``num_samples`` maps split -> size; the
     other generator settings are ``ShapesGenerator``'s.
 
-    ``task=semantic`` gives stuff then thing classes, ``task=instance`` background + things
-    (``ShapesScenes``).
+    ``task=semantic`` gives stuff then thing classes, ``task=instance`` background + things,
+    ``task=panoptic`` void + things + stuff (``ShapesScenes``; category ids: the classes).
     """
 
     info = SHAPES
@@ -267,7 +279,13 @@ class ShapesDataModule(SegmentationDataModule):
     def view_classes(self) -> tuple[str, ...]:
         if self.task == "instance":
             return ("background", *self.generator.thing_classes)
+        if self.task == "panoptic":
+            return ("void", *self.generator.thing_classes, *self.generator.stuff_classes)
         return self.generator.class_names
+
+    def panoptic_categories(self) -> tuple[int, list[int], str]:
+        things, classes = len(self.generator.thing_classes), len(self.generator.class_names)
+        return things, list(range(1, classes + 1)), "data.thing_classes / data.stuff_classes"
 
     def source(self, split: str) -> ShapesScenes:
         return ShapesScenes(
