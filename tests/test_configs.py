@@ -61,7 +61,10 @@ def test_model_options_instantiate(compose_cfg, model):
 @pytest.mark.parametrize("data", options("data"))
 def test_data_options_instantiate(compose_cfg, data):
     # The quick overrides are keys of data=shapes; other data modules read nothing until setup.
-    cfg = compose_cfg(overrides=[f"data={data}", "trainer.accelerator=cpu"], quick=data == "shapes")
+    # A dataset with one view (coco_panoptic) is composed with a model of that view.
+    model = ["model=panoptic_fpn"] if data == "coco_panoptic" else []
+    overrides = [f"data={data}", "trainer.accelerator=cpu", *model]
+    cfg = compose_cfg(overrides=overrides, quick=data == "shapes")
     dm = build_datamodule(cfg.data)
     assert dm.num_classes == cfg.data.num_classes
     assert len(dm.class_names) == dm.num_classes and len(dm.palette) >= dm.num_classes
