@@ -148,7 +148,11 @@ def train_step_ratio(cfg) -> tuple[float, float, float]:
     for _ in range(ROUNDS):
         pan += steps(panoptic, net_targets)
         det += steps(maskrcnn, instance_targets)
-    return statistics.median(pan) / statistics.median(det), statistics.median(pan), statistics.median(det)
+    return (
+        statistics.median(pan) / statistics.median(det),
+        statistics.median(pan),
+        statistics.median(det),
+    )
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 
 Tests that need the sample datasets use the ``data_root`` fixture (or ``support.require_data``).
 Without the data they skip with a reason; with ``SEGLAB_REQUIRE_DATA=1`` (set by ``.ci/run``) a
-missing dataset fails instead. The small Mask R-CNN of the instance tests is in
-``tests/instance/conftest.py``.
+missing dataset fails instead. The small Mask R-CNN settings serve the instance and panoptic
+tests.
 """
 
 from __future__ import annotations
@@ -39,3 +39,47 @@ def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+_SMALL_MASKRCNN = {
+    "min_size": 64,
+    "max_size": 64,
+    "rpn_pre_nms_top_n_train": 200,
+    "rpn_post_nms_top_n_train": 100,
+    "rpn_pre_nms_top_n_test": 100,
+    "rpn_post_nms_top_n_test": 50,
+    "rpn_batch_size_per_image": 64,
+    "box_batch_size_per_image": 64,
+    "box_detections_per_img": 20,
+}
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module: on a shared 2-core machine, two threads contend badly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def small_maskrcnn() -> dict[str, int]:
+    """``MaskRCNN`` keyword arguments of a small, fast net (use with ``backbone="resnet18"``):
+    the detection contract does not depend on the input size or the proposal counts."""
+    return dict(_SMALL_MASKRCNN)
+
+
+@pytest.fixture(scope="session")
+def small_maskrcnn_overrides() -> list[str]:
+    """``small_maskrcnn`` on ResNet-18 as ``model=maskrcnn`` command-line overrides."""
+    return ["model.net.backbone=resnet18"] + [
+        f"model.net.{key}={value}" for key, value in _SMALL_MASKRCNN.items()
+    ]
+
+
+@pytest.fixture(scope="session")
+def untrained_but_scored() -> list[str]:
+    """Overrides that keep a barely trained net's low-score detections and faint masks, so that
+    its AP is not trivially 0 (a step or two scores objects far below the paper's thresholds)."""
+    return ["optimizer.lr=0.0003", "model.net.box_score_thresh=0.0", "model.mask_threshold=0.02"]

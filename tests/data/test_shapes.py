@@ -106,3 +106,11 @@ def test_ddp_evaluation_split_smaller_than_the_world_is_named(monkeypatch):
         dm.val_dataloader()
     monkeypatch.setattr(base.dist, "get_world_size", lambda *a: 3)
     assert len(dm.val_dataloader().sampler) == 1
+
+
+def test_a_split_ends_at_its_size():
+    """Iterating a split stops (a generator has no last scene of its own)."""
+    dm = ShapesDataModule(num_samples={"train": 3, "val": 2, "test": 1}, image_size=16)
+    assert len(list(dm.dataset("val"))) == 2
+    with pytest.raises(IndexError):
+        dm.dataset("test")[1]

@@ -464,7 +464,10 @@ class PanopticDataset(_View):
         self.ignore_index = ignore_index
 
     def segment_map(self, sample: Mapping[str, Any]) -> np.ndarray:
-        """The checked map (H, W) int32 of 1 + each pixel's position in ``segments``, 0 = void."""
+        """The checked map (H, W) int32 of 1 + each pixel's position in ``segments``, 0 = void
+        (everywhere for an unlabelled sample, one without ``segment_ids``)."""
+        if "segment_ids" not in sample:
+            return np.zeros(sample["image"].shape[:2], np.int32)
         ids, file = np.asarray(sample["segment_ids"]), sample.get("panoptic_file", sample["name"])
         if ids.shape != sample["image"].shape[:2]:
             raise ValueError(
@@ -500,7 +503,7 @@ class PanopticDataset(_View):
             out = self.transform(image=image, masks=[seg, seg + 1])
             image, (seg, shifted) = out["image"], out["masks"]
             seg = np.where(np.asarray(shifted) == np.asarray(seg) + 1, seg, 0).astype(np.int32)
-        segments = sample["segments"]
+        segments = sample.get("segments", ())
         classes = np.array([0, *(s["class"] for s in segments)], np.int64)  # by 1 + position
         crowd = np.array([False, *(bool(s.get("iscrowd", 0)) for s in segments)])
         area = np.bincount(seg.ravel(), minlength=len(classes))

@@ -3,7 +3,7 @@
 ``prediction_dataset(datamodule, source)`` gives one dataset whatever ``source`` is, so that every
 task has one meaning of ``input=``. Image files become items of the data module's own view, with
 its eval transforms and normalisation, and labels that hold nothing: a semantic mask of
-``ignore_index`` only, an instance target with no object.
+``ignore_index`` only, an instance target with no object, a panoptic target all void.
 """
 
 from __future__ import annotations
@@ -92,10 +92,10 @@ def prediction_dataset(datamodule: L.LightningDataModule, source: str | Path | N
     for image in images:
         check_image(image)
     channels = datamodule.in_channels
-    if datamodule.task not in ("semantic", "instance") or channels not in (1, 3):
+    if channels not in (1, 3):
         raise ValueError(
-            f"data.task={datamodule.task!r}, data.in_channels={channels}: image files feed "
-            f"the semantic (grey or RGB) and instance views; predict on a split (one of {splits})"
+            f"data.in_channels={channels}: image files are grey or RGB; predict on a split "
+            f"(one of {splits})"
         )
     read = partial(read_image, dataset="input", mode="L" if channels == 1 else "RGB")
     return datamodule.view(PairedSamples([(image, None) for image in images], read_image=read))

@@ -237,6 +237,8 @@ class ShapesScenes(SampleSource):
         return self.num_samples
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.num_samples:  # iteration stops on IndexError
+            raise IndexError(f"scene {index} of a split of {self.num_samples}")
         scene = self.generator(self.base_seed + index)
         n, things = len(scene.thing_labels), len(self.generator.thing_classes)
         stuff = np.unique(scene.semantic[scene.instance_ids == 0])  # off things: stuff classes
