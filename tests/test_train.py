@@ -39,7 +39,7 @@ def test_fast_dev_run(compose_cfg, model):
     overrides = [f"model={model}", "debug=fast_dev_run", "data.batch_size=2"]
     if model == "unet":
         overrides.append("data.image_size=188")  # smallest input of the unpadded paper U-Net
-    if model == "maskrcnn":  # ResNet-50-FPN at 800 px takes ~15 s a step on 2 cores
+    if model in ("maskrcnn", "panoptic_fpn"):  # ResNet-50-FPN at 800 px: ~15 s a step here
         overrides += [
             "model.net.backbone=resnet18",
             "model.net.min_size=64",
@@ -47,7 +47,10 @@ def test_fast_dev_run(compose_cfg, model):
         ]
     metrics, objects = train(compose_cfg(overrides=overrides))
     assert np.isfinite(metrics["fit"]["train/loss"])
-    if objects["cfg"].model.task == "instance":
+    if objects["cfg"].model.task == "panoptic":
+        assert 0.0 <= metrics["val"]["val/pq"] <= 1.0
+        assert np.isfinite(metrics["val"]["val/loss_sem_seg"])
+    elif objects["cfg"].model.task == "instance":
         assert -1.0 <= metrics["val"]["val/map_segm"] <= 1.0
     else:
         assert 0.0 <= metrics["val"]["val/pixel_acc"] <= 1.0
