@@ -15,7 +15,7 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
-from support import compose_config, require_data
+from support import SMALL_MASKRCNN, compose_config, require_data
 
 import seglab  # noqa: F401  (registers the config resolvers)
 
@@ -41,19 +41,6 @@ def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
     GlobalHydra.instance().clear()
 
 
-_SMALL_MASKRCNN = {
-    "min_size": 64,
-    "max_size": 64,
-    "rpn_pre_nms_top_n_train": 200,
-    "rpn_post_nms_top_n_train": 100,
-    "rpn_pre_nms_top_n_test": 100,
-    "rpn_post_nms_top_n_test": 50,
-    "rpn_batch_size_per_image": 64,
-    "box_batch_size_per_image": 64,
-    "box_detections_per_img": 20,
-}
-
-
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """One intra-op thread for a module: on a shared 2-core machine, two threads contend badly."""
@@ -67,14 +54,14 @@ def one_thread() -> Iterator[None]:
 def small_maskrcnn() -> dict[str, int]:
     """``MaskRCNN`` keyword arguments of a small, fast net (use with ``backbone="resnet18"``):
     the detection contract does not depend on the input size or the proposal counts."""
-    return dict(_SMALL_MASKRCNN)
+    return dict(SMALL_MASKRCNN)
 
 
 @pytest.fixture(scope="session")
 def small_maskrcnn_overrides() -> list[str]:
     """``small_maskrcnn`` on ResNet-18 as ``model=maskrcnn`` command-line overrides."""
     return ["model.net.backbone=resnet18"] + [
-        f"model.net.{key}={value}" for key, value in _SMALL_MASKRCNN.items()
+        f"model.net.{key}={value}" for key, value in SMALL_MASKRCNN.items()
     ]
 
 

@@ -8,6 +8,8 @@ Not in a conftest.py: pytest imports every conftest.py outside a package as the 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,19 @@ def require_data(*parts: str) -> Path:
         pytest.skip(reason)
     return folder
 
+
+# MaskRCNN / PanopticFPN keyword arguments of a small, fast net (with backbone="resnet18")
+SMALL_MASKRCNN = {
+    "min_size": 64,
+    "max_size": 64,
+    "rpn_pre_nms_top_n_train": 200,
+    "rpn_post_nms_top_n_train": 100,
+    "rpn_pre_nms_top_n_test": 100,
+    "rpn_post_nms_top_n_test": 50,
+    "rpn_batch_size_per_image": 64,
+    "box_batch_size_per_image": 64,
+    "box_detections_per_img": 20,
+}
 
 QUICK_TRAIN = [
     "trainer.accelerator=cpu",
@@ -62,3 +77,16 @@ def compose_config(
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+def run_cli(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``src/<script>`` with ``args`` in a fresh process (one OpenMP thread, warnings off)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "src" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )

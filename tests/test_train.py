@@ -1,9 +1,6 @@
 """End to end: train, evaluate and predict through the entry functions and the command line."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import albumentations as A
@@ -11,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support import compose_config
+from support import compose_config, run_cli
 
 from seglab.data.base import seed_worker
 from seglab.eval import evaluate
@@ -20,18 +17,6 @@ from seglab.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))
-
-
-def run_cli(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "src" / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=env,
-    )
 
 
 @pytest.mark.parametrize("model", MODELS)

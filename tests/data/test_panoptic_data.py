@@ -316,5 +316,8 @@ def test_cityscapes_panoptic_from_create_panoptic_imgs(tmp_path, capsys, compose
         assert target["labels"].tolist() == [3, 1, 3, 3]
         assert target["iscrowd"].tolist() == [1, 0, 0, 0]
         assert (target["semantic"][0, 0], target["semantic"][-1, 0]) == (11, 1)  # sky, road
+        # the JSON's own image id (a string), which predictions are exported with
+        name = Path(target["name"]).name.removesuffix("_leftImg8bit.png")
+        assert target["file_image_id"] == name and target["image_id"] == k
     with pytest.raises(FileNotFoundError, match="cityscapes_panoptic_train.*csCreatePanopticImgs"):
         dm.dataset("train")

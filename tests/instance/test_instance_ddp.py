@@ -1,27 +1,10 @@
 """model=maskrcnn data=coco under DDP: 2 CPU processes report the single-process mask AP."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from coco_tree import write_shapes_tree
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_cli(script: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "src" / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env=env,
-    )
+from support import run_cli
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support import SMALL_MASKRCNN
 from torch import nn
 from torch.nn import functional as F
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -21,18 +22,7 @@ LOSSES = {
     "loss_rpn_box_reg",
     "loss_sem_seg",
 }
-SMALL = {
-    "backbone": "resnet18",
-    "min_size": 64,
-    "max_size": 64,
-    "rpn_pre_nms_top_n_train": 200,
-    "rpn_post_nms_top_n_train": 100,
-    "rpn_pre_nms_top_n_test": 100,
-    "rpn_post_nms_top_n_test": 50,
-    "rpn_batch_size_per_image": 64,
-    "box_batch_size_per_image": 64,
-    "box_detections_per_img": 20,
-}
+SMALL = {"backbone": "resnet18", **SMALL_MASKRCNN}
 # An untrained net scores everything low: keep its detections so that the merge has things.
 KEEP_ALL = {"box_score_thresh": 0.0, "score_threshold": 0.0, "mask_threshold": 0.2, "stuff_area": 8}
 

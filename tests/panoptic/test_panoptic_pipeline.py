@@ -4,16 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support import ROOT, require_data
+from support import require_data, run_cli
 
 from seglab.callbacks.writers import CocoPanopticWriter
 from seglab.eval import evaluate
@@ -144,18 +141,6 @@ def test_train_eval_predict_and_pq_of_the_written_files(compose_cfg, tmp_path, s
     png = Image.open(out / "images_panoptic" / "img1.png")
     assert png.mode == "RGB" and png.size == (48, 48)
     assert (out / "images_panoptic_overlay" / "img0.png").is_file()
-
-
-def run_cli(script: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "src" / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-        env=env,
-    )
 
 
 @pytest.mark.slow

@@ -51,6 +51,16 @@ def _gather(items: list[Any]) -> list[Any]:
     return [item for rank_items in gathered for item in rank_items]
 
 
+def _output_folder(output: str | Path) -> Path:
+    """``output`` as a Path, checked not to be an existing file (the folder is made if missing)."""
+    folder = Path(output).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            f"output={str(folder)!r}: is an existing file; expected a folder (made if missing)"
+        )
+    return folder
+
+
 def _png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -136,12 +146,7 @@ class SemanticMaskWriter(PredictionWriter):
         alpha: float = 0.5,
     ) -> None:
         super().__init__(write_interval="batch")
-        self.output = Path(output).expanduser()
-        if self.output.exists() and not self.output.is_dir():
-            raise NotADirectoryError(
-                f"output={str(self.output)!r}: is an existing file; expected a folder (made if "
-                "missing)"
-            )
+        self.output = _output_folder(output)
         if not 0 <= alpha <= 1:
             raise ValueError(f"overlay_alpha={alpha}: expected a weight in [0, 1]")
         self.colours = np.asarray(palette, np.uint8).reshape(-1, 3)
@@ -309,7 +314,7 @@ class CocoPanopticWriter(PredictionWriter):
 
     Takes the task's ``predict_step`` output (one dict per image with ``panoptic`` (H, W, 2) =
     (class, instance id) and ``segments_info``), and the batch ``(images in [0, 1], targets
-    with image_id and name)``. Under DDP every rank writes its images' PNGs and rank 0 the JSON.
+    with name and image_id, or file_image_id: the dataset's own, which the JSON keeps)``. Under DDP every rank writes its images' PNGs and rank 0 the JSON.
 
     Args:
         output: the folder written to (made if missing).
@@ -334,12 +339,7 @@ class CocoPanopticWriter(PredictionWriter):
         alpha: float = 0.5,
     ) -> None:
         super().__init__(write_interval="batch_and_epoch")
-        self.output = Path(output).expanduser()
-        if self.output.exists() and not self.output.is_dir():
-            raise NotADirectoryError(
-                f"output={str(self.output)!r}: is an existing file; expected a folder (made if "
-                "missing)"
-            )
+        self.output = _output_folder(output)
         if not 0 <= alpha <= 1:
             raise ValueError(f"overlay_alpha={alpha}: expected a weight in [0, 1]")
         if len(category_ids) != len(class_names) - 1:
@@ -408,7 +408,7 @@ class CocoPanopticWriter(PredictionWriter):
             self.write_file(png_path, _png_bytes(Image.fromarray(segment_ids_to_rgb(segment_ids))))
             if overlay_path:
                 self.write_file(overlay_path[0], _png_bytes(self._overlay(image, panoptic)))
-            image_id = target["image_id"]
+            image_id = target.get("file_image_id", target["image_id"])
             self._annotations.append(
                 {"image_id": image_id, "file_name": png_path.name, "segments_info": segments}
             )

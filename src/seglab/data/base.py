@@ -445,6 +445,7 @@ class PanopticDataset(_View):
     instance view's pair for the thing segments (crowd ones with ``iscrowd = 1``; boxes from the
     transformed masks; things left empty dropped), the target adding::
 
+        file_image_id  the source's own image id (``image_id`` is an int; Cityscapes' are not)
         semantic  int64 (H, W): 0 on every thing, s on stuff class T + s, ignore_index on void
         panoptic  int64 (H, W, 2): (class, k on the k-th thing of the target, else 0)
         crowd     bool (H, W): the pixels of crowd segments
@@ -520,6 +521,7 @@ class PanopticDataset(_View):
             "iscrowd": torch.from_numpy(crowd[things].astype(np.int64)),
             "area": torch.from_numpy(area[things].astype(np.float32)),
             "image_id": int(sample.get("image_id", index)),
+            "file_image_id": sample.get("file_image_id", sample.get("image_id", index)),
             "name": sample["name"],
             "semantic": torch.from_numpy(semantic[seg]),
             "panoptic": torch.from_numpy(np.stack([classes[seg], instance[seg]], axis=-1)),

@@ -156,6 +156,7 @@ class PanopticImages(SampleSource):
             "image": image,
             "name": str(image_file),
             "image_id": image_id if isinstance(image_id, int) else index,
+            "file_image_id": image_id,  # Cityscapes' are strings: the writer exports this one
             "segment_ids": segment_ids,
             "segments": segments,
             "panoptic_file": str(png),
