@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from seglab.callbacks import EmbedConfig
+from seglab.compare import log_hparams
 from seglab.utils.checkpoint import load_weights
 from seglab.utils.instantiate import (
     build_datamodule,
@@ -75,6 +76,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("test", False):
         metrics["test"] = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)[0]
     metrics["best_checkpoint"] = best or None
+    log_hparams(trainer, cfg, metrics)  # TensorBoard's HParams view: settings vs results
 
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", metrics)
