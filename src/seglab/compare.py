@@ -515,13 +515,19 @@ def _e(value: Any) -> str:
 
 
 def _fmt(value: Any) -> str:
+    """A metric or a count: 4 decimals below 1 (IoU, accuracy), else 4 significant digits."""
     if value is None:
         return "&mdash;"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return _e(value)
     if isinstance(value, int):
         return f"{value:,}"
-    return f"{value:.4g}"
+    return f"{value:.4f}" if abs(value) < 1 else f"{value:.4g}"
+
+
+def _fmt_setting(value: Any) -> str:
+    """A config value as YAML writes it (a learning rate of 1e-05 stays 1e-05)."""
+    return "null" if value is None else _e(str(value).lower() if isinstance(value, bool) else value)
 
 
 def _duration(seconds: float | None) -> str:
@@ -553,7 +559,10 @@ def _runs_table(runs: Sequence[Run]) -> str:
             f'<td class="text">{dot}{_e(run.label)}</td>',
             f'<td class="text status-{status}">{_e(run.status)}</td>',
         ]
-        row += [f'<td class="text">{_fmt(run.config.get(k))}</td>' for k in keys]
+        row += [
+            f'<td class="text">{_fmt_setting(run.config[k]) if k in run.config else "&mdash;"}</td>'
+            for k in keys
+        ]
         best_cls = ' class="best"' if run.best is not None and run.best == top else ""
         row += [f"<td{best_cls}>{_fmt(run.best)}</td>", f"<td>{_fmt(run.best_epoch)}</td>"]
         row += [f"<td>{_fmt(run.final.get(k))}</td>" for k in final]
