@@ -47,8 +47,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 RUN_FOLDER = (
-    "a run folder holds .hydra/config.yaml or metrics.json (what `python src/train.py` writes); "
-    "a sweep folder holds run folders (0/, 1/, ... of `python src/train.py -m`)"
+    "a run folder (one holding .hydra/config.yaml or metrics.json, as `python src/train.py` "
+    "writes) or a sweep folder holding run folders (0/, 1/, ... of `python src/train.py -m`)"
 )
 # top-level config keys that name where a run wrote, not what it ran
 _NOISE_KEYS = ("hydra", "paths")
@@ -58,6 +58,7 @@ _CHOICE_GROUPS = ("model", "data", "experiment")
 _RUN_PARTS = {"checkpoints", "csv", "tensorboard", "wandb", "visuals", ".hydra"}
 _DEFAULT_MONITOR = "val/miou"
 _OVERLAY_LIMIT = 16
+_LEGEND_LIMIT = 8
 _PER_CLASS = re.compile(r"^(?P<stage>[a-z]+)/iou_(?P<cls>.+)$")
 _VISUALS_EPOCH = re.compile(r"^epoch_(\d+)$")
 # BatchNorm statistics: tensors in a state_dict that are not parameters
@@ -87,7 +88,8 @@ class Run:
     params: int | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     class_iou: dict[str, float] = field(default_factory=dict)
-    overlays: list[Path] = field(default_factory=list)
+    overlays: list[tuple[str, bytes]] = field(default_factory=list)  # (file name, PNG)
+    overlay_folder: Path | None = None
     overlay_epoch: int | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -112,9 +114,9 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     Raises:
         CompareError: a path (or pattern) that matches nothing, is not a folder, or holds no run.
     """
+    paths = [str(p) for p in paths]
     found: dict[Path, None] = {}
     for given in paths:
-        given = str(given)
         matches = [Path(given)]
         if not matches[0].exists() and glob.has_magic(given):
             matches = [Path(p) for p in sorted(glob.glob(given, recursive=True))]
@@ -127,11 +129,11 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
                 raise CompareError(f"{path}: is a file, not a folder; expected {RUN_FOLDER}")
             runs = _runs_below(path)
             if not runs and len(matches) == 1:
-                raise CompareError(f"{path}: holds no run folder; {RUN_FOLDER}")
+                raise CompareError(f"{path}: holds no run folder; expected {RUN_FOLDER}")
             for run in runs:
                 found.setdefault(run.resolve(), None)
     if not found:
-        raise CompareError(f"{' '.join(map(str, paths))}: no run folder found; {RUN_FOLDER}")
+        raise CompareError(f"{' '.join(paths)}: no run folder found; {RUN_FOLDER}")
     return list(found)
 
 
@@ -189,7 +191,7 @@ def load_run(path: Path, label: str | None = None) -> Run:
     run.params = _count_parameters(path, metrics, run.notes)
     if run.task in (None, "semantic"):
         run.class_iou = _class_iou(run, metrics)
-    run.overlay_epoch, run.overlays = _overlays(path)
+    run.overlay_epoch, run.overlay_folder, run.overlays = _overlays(path, run.notes)
     return run
 
 
@@ -290,11 +292,12 @@ def _wall_time_from_files(path: Path) -> float | None:
     """Without ``metrics.json``'s wall time: from Hydra's config (written as the job starts) to
     the newest log file (a running run's time so far)."""
     start = path / ".hydra" / "config.yaml"
-    ends = [path / "csv" / "metrics.csv", path / "train.log", path / "metrics.json"]
-    ends = [p.stat().st_mtime for p in ends if p.is_file()]
-    if not start.is_file() or not ends:
+    logs = [path / "csv" / "metrics.csv", path / "train.log", path / "metrics.json"]
+    try:
+        ends = [p.stat().st_mtime for p in logs if p.is_file()]
+        return max(0.0, max(ends) - start.stat().st_mtime) if ends else None
+    except OSError:  # removed while being read
         return None
-    return max(0.0, max(ends) - start.stat().st_mtime)
 
 
 def _count_parameters(path: Path, metrics: dict | None, notes: list[str]) -> int | None:
@@ -339,16 +342,29 @@ def _class_iou(run: Run, metrics: dict | None) -> dict[str, float]:
     return ious
 
 
-def _overlays(path: Path) -> tuple[int | None, list[Path]]:
+def _overlays(
+    path: Path, notes: list[str]
+) -> tuple[int | None, Path | None, list[tuple[str, bytes]]]:
+    """The PNGs of the newest ``visuals/epoch_NNN/`` (the first ``_OVERLAY_LIMIT``), read now:
+    a running job may replace them while the report is written."""
     epochs = []
     for folder in (path / "visuals").glob("epoch_*"):
         match = _VISUALS_EPOCH.match(folder.name)
         if match and folder.is_dir():
             epochs.append((int(match[1]), folder))
     if not epochs:
-        return None, []
+        return None, None, []
     epoch, folder = max(epochs)
-    return epoch, sorted(folder.glob("*.png"))
+    images = []
+    for png in sorted(folder.glob("*.png")):
+        if len(images) == _OVERLAY_LIMIT:
+            notes.append(f"overlays: the first {_OVERLAY_LIMIT} of {folder} shown")
+            break
+        try:
+            images.append((png.name, png.read_bytes()))
+        except OSError as err:
+            notes.append(f"{png.name} unreadable ({type(err).__name__})")
+    return epoch, folder, images
 
 
 # --------------------------------------------------------------------------- comparing
@@ -429,7 +445,8 @@ def _curve_png(metric: str, runs: Sequence[Run]) -> bytes | None:
         drawn = True
     if not drawn:
         return None
-    ax.legend(fontsize=6, frameon=False)
+    if len(runs) <= _LEGEND_LIMIT:  # more entries would crowd out the plot: see the page's key
+        ax.legend(fontsize=6, frameon=False)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(metric, fontsize=10)
     ax.set_xlabel("step", fontsize=8)
@@ -658,17 +675,14 @@ def _overlays_section(runs: Sequence[Run]) -> str:
                 "(written by the visuals callback).</p>"
             )
             continue
-        shown = run.overlays[:_OVERLAY_LIMIT]
         figures = "".join(
-            f'<figure><img alt="{_e(p.name)}" src="{_data_uri(p.read_bytes())}" width="220">'
-            f"<figcaption>{_e(p.name)}</figcaption></figure>"
-            for p in shown
+            f'<figure><img alt="{_e(name)}" src="{_data_uri(data)}" width="220">'
+            f"<figcaption>{_e(name)}</figcaption></figure>"
+            for name, data in run.overlays
         )
-        more = len(run.overlays) - len(shown)
-        extra = f'<p class="note">{more} more in {_e(shown[0].parent)}</p>' if more > 0 else ""
         parts.append(
-            f'<p class="meta">epoch {run.overlay_epoch}</p><div class="grid overlays">'
-            f"{figures}</div>{extra}"
+            f'<p class="meta">epoch {run.overlay_epoch}: {_e(run.overlay_folder)}</p>'
+            f'<div class="grid overlays">{figures}</div>'
         )
     return "".join(parts)
 
@@ -691,9 +705,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python src/compare.py PATH... [--output FILE.html]``; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="compare.py",
-        description="Compare training runs in one HTML report: the config keys that differ, "
-        "best and final metrics, wall time and size, metric curves, per-class IoU and overlays. "
-        "Reads only the run folders (.hydra/, metrics.json, csv/metrics.csv, checkpoints/, "
+        description="Compare training runs in one HTML report: the config keys that differ,\n"
+        "best and final metrics, wall time and size, metric curves, per-class IoU and overlays.\n"
+        "Reads only the run folders (.hydra/, metrics.json, csv/metrics.csv, checkpoints/,\n"
         "visuals/).",
         epilog="Examples:\n"
         "  python src/compare.py logs/train/multiruns/2026-11-30_12-00-00\n"
