@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
-from support import compose_config, run_cli
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+from support import CONF, compose_config, run_cli
 
 from seglab.train import train
 from seglab.utils.sweep import RECORD_NAME, SUMMARY_CSV, SUMMARY_MD, SweepSummary
@@ -67,12 +69,38 @@ def test_single_run_writes_no_summary(tmp_path):
     assert not list(tmp_path.rglob(RECORD_NAME)) and not list(tmp_path.rglob(SUMMARY_CSV))
 
 
+# each search: the network it tunes and the metric it maximises
+SEARCHES = {
+    "unet_shapes_optuna": ("UNet", "val/miou"),
+    "maskrcnn_shapes_optuna": ("MaskRCNN", "val/map_segm"),
+    "panoptic_fpn_shapes_optuna": ("PanopticFPN", "val/pq"),
+}
+
+
+def test_every_search_is_checked():
+    assert sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml")) == sorted(SEARCHES)
+
+
+@pytest.mark.parametrize("search", sorted(SEARCHES))
+def test_hparams_search_options_compose(tmp_path, search):
+    cfg = compose_config("train", [f"hparams_search={search}"], tmp_path, quick=False)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.mode == RunMode.MULTIRUN
+    net, metric = SEARCHES[search]
+    assert cfg.model.net._target_.split(".")[-1] == net
+    assert cfg.data._target_.endswith("ShapesDataModule") and cfg.data.task == cfg.model.task
+    # Optuna's direction follows the mode of the metric the checkpoint callback keeps
+    checkpoint = cfg.callbacks.model_checkpoint
+    assert checkpoint.monitor == metric
+    assert sweeper.direction == {"max": "maximize", "min": "minimize"}[checkpoint.mode]
+    for key in sweeper.params:  # every searched key is a key of the run's config
+        assert OmegaConf.select(cfg, key, default="absent") != "absent", key
+
+
 @pytest.mark.slow
 def test_multirun_summary_ranks_jobs_and_keeps_failures(tmp_path):
     logs = tmp_path / "logs"
-    result = run_cli(
-        "train.py", "-m", f"paths.log_dir={logs}", *TINY, "optimizer.lr=0.01,-1,0.003"
-    )
+    result = run_cli("train.py", "-m", f"paths.log_dir={logs}", *TINY, "optimizer.lr=0.01,-1,0.003")
     assert result.returncode != 0, "a sweep with a failed job must exit non-zero"
     sweep = only_sweep(logs)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2"]
