@@ -138,12 +138,22 @@ def _monitor_summary(cfg: DictConfig, trainer: L.Trainer) -> dict[str, Any]:
             callback.best_model_path, map_location="cpu", mmap=True, weights_only=False
         )
         best_epoch = checkpoint.get("epoch")
+        if score is None:  # resumed from another folder: Lightning reloads only the path
+            score = _saved_best_score(checkpoint, callback.monitor)
     return {
         "name": callback.monitor,
         "mode": callback.mode,
         "best": None if score is None else float(score),
         "best_epoch": best_epoch,
     }
+
+
+def _saved_best_score(checkpoint: dict[str, Any], monitor: str) -> float | None:
+    """The best score a ModelCheckpoint on ``monitor`` stored in ``checkpoint``, if any."""
+    for key, state in checkpoint.get("callbacks", {}).items():
+        if str(key).startswith("ModelCheckpoint") and state.get("monitor") == monitor:
+            return state.get("best_model_score")
+    return None
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

@@ -1,5 +1,5 @@
-"""Scaling out with existing engines: a sweep through the submitit launcher, DDP jobs in a
-multirun, two "nodes" under torchrun, and the SLURM launcher config."""
+"""Scaling out with existing engines: a sweep through the submitit launcher, two "nodes" under
+torchrun, and the SLURM launcher config. (DDP jobs in a multirun: test_sweeps.py.)"""
 
 from __future__ import annotations
 
@@ -83,24 +83,6 @@ def test_submitit_local_sweep(tmp_path):
     for row in rows:
         metrics = json.loads((sweep / row["job"] / "metrics.json").read_text())
         assert row["status"] == "completed" and float(row["best"]) == metrics["monitor"]["best"]
-
-
-@pytest.mark.slow
-def test_ddp_multirun_writes_one_folder_per_job(tmp_path):
-    """Lightning restarts the script for each extra DDP rank; without pinning those ranks to
-    their job they would rerun the whole sweep into a second sweep folder and a runs/ one."""
-    logs = tmp_path / "logs"
-    result = run_cli(
-        "train.py", "-m", f"paths.log_dir={logs}", "trainer=ddp_cpu", *TINY, "seed=1,2"
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert [p.name for p in (logs / "train").iterdir()] == ["multiruns"]  # no runs/ folder
-    sweep, jobs = job_folders(logs)
-    assert jobs == ["0", "1"]
-    for job in jobs:
-        metrics = json.loads((sweep / job / "metrics.json").read_text())
-        assert metrics["overrides"][-1] == f"seed={int(job) + 1}"
-    assert [r["status"] for r in summary_rows(sweep)] == ["completed", "completed"]
 
 
 def free_port() -> int:

@@ -8,13 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 from support import CONF, compose_config, run_cli
 
-from seglab.train import train
+from seglab.train import _saved_best_score, train
 from seglab.utils.sweep import RECORD_NAME, SUMMARY_CSV, SUMMARY_MD, SweepSummary
 
 # a tiny U-Net on 32 px scenes: about a second a job
@@ -58,6 +59,9 @@ def test_metrics_json_records_the_run(tmp_path):
     assert monitor["best"] == pytest.approx(max(scores), abs=1e-6)
     assert monitor["best_epoch"] == int(best_row["epoch"])
     assert Path(saved["best_checkpoint"]).name == f"epoch_{monitor['best_epoch']:03d}.ckpt"
+    # what a run resumed in another folder reads, where Lightning reloads only the best path
+    checkpoint = torch.load(saved["best_checkpoint"], map_location="cpu", weights_only=False)
+    assert float(_saved_best_score(checkpoint, "val/miou")) == monitor["best"]
 
 
 def test_single_run_writes_no_summary(tmp_path):
@@ -98,12 +102,28 @@ def test_hparams_search_options_compose(tmp_path, search):
 
 
 @pytest.mark.slow
-def test_multirun_summary_ranks_jobs_and_keeps_failures(tmp_path):
+def test_ddp_multirun_summary_ranks_jobs_and_keeps_failures(tmp_path):
+    """A multirun of DDP jobs (2 CPU processes each) with a failing job between them.
+
+    The summary ranks the jobs and keeps the failure, and the sweep exits non-zero. Each job
+    writes exactly one folder: Lightning restarts the script for the second rank, which without
+    ``pin_spawned_ranks_to_job`` reruns the whole sweep into a second sweep folder, and without
+    ``job_environment`` the job after a DDP job waits for ranks nobody starts.
+    """
     logs = tmp_path / "logs"
-    result = run_cli("train.py", "-m", f"paths.log_dir={logs}", *TINY, "optimizer.lr=0.01,-1,0.003")
+    result = run_cli(
+        "train.py",
+        "-m",
+        f"paths.log_dir={logs}",
+        *TINY,
+        "trainer=ddp_cpu",
+        "optimizer.lr=0.01,-1,0.003",
+    )
     assert result.returncode != 0, "a sweep with a failed job must exit non-zero"
+    assert [p.name for p in (logs / "train").iterdir()] == ["multiruns"]  # no runs/ folder
     sweep = only_sweep(logs)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2"]
+    assert "MEMBER: 2/2" in result.stdout + result.stderr  # the jobs did run 2 ranks
 
     rows = read_summary(sweep)
     assert [r["status"] for r in rows] == ["completed", "completed", "failed"]
