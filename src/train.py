@@ -5,11 +5,16 @@ from omegaconf import DictConfig
 
 import seglab  # noqa: F401  (registers the config resolvers)
 from seglab.train import train
+from seglab.utils.sweep import job_environment, pin_spawned_ranks_to_job
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
+def main(cfg: DictConfig) -> float | None:
+    """Train; return the monitored metric's best value, the objective of an Optuna sweep."""
+    pin_spawned_ranks_to_job()
+    with job_environment():
+        metrics, _ = train(cfg)
+    return metrics["monitor"]["best"]
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from seglab.callbacks import EmbedConfig
 from seglab.compare import log_hparams
@@ -42,10 +45,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     ``metrics.json`` already in the run folder (a reused folder) is moved aside first, so that a
     failed run never leaves an earlier run's metrics looking like its own.
 
+    ``metrics.json`` also records what a sweep summary needs: the job's ``overrides``,
+    ``status``, ``wall_time_s`` (the whole of this function), ``run_dir``, ``epochs`` run and
+    ``monitor`` (the monitored metric's name, mode, best value and its 0-based epoch).
+
     Returns:
         ``(metrics, objects)``: the final metrics (also written to ``metrics.json`` in the run
         folder) and the objects built (``cfg``, ``datamodule``, ``model``, ``trainer``).
     """
+    start = time.perf_counter()
     if cfg.get("malloc_tuning"):
         tune_malloc()
     if cfg.get("seed") is not None:
@@ -76,6 +84,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("test", False):
         metrics["test"] = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)[0]
     metrics["best_checkpoint"] = best or None
+    metrics["monitor"] = _monitor_summary(cfg, trainer)
+    metrics["epochs"] = trainer.current_epoch
+    metrics["overrides"] = _task_overrides()
+    metrics["run_dir"] = str(output_dir)
+    metrics["status"] = "completed"
+    metrics["wall_time_s"] = round(time.perf_counter() - start, 3)
     log_hparams(trainer, cfg, metrics)  # TensorBoard's HParams view: settings vs results
 
     if trainer.is_global_zero:
@@ -101,6 +115,47 @@ def _check_resume(model: L.LightningModule, ckpt_path: str) -> None:
             f"ckpt_path={ckpt_path!r}: holds weights but no training state {absent}; expected a "
             "checkpoint saved while training (checkpoints/last.ckpt of a seglab train run)"
         )
+
+
+def _task_overrides() -> list[str]:
+    """The job's command-line overrides of the task config (none when Hydra is not running)."""
+    if not HydraConfig.initialized():
+        return []
+    return [str(o) for o in HydraConfig.get().overrides.task]
+
+
+def _monitor_summary(cfg: DictConfig, trainer: L.Trainer) -> dict[str, Any]:
+    """The monitored metric's name and mode, with its best value and the 0-based epoch of the
+    checkpoint that holds it (``None`` for both without a checkpoint on the metric)."""
+    watching = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+    callback = next((c for c in watching if c.monitor), None)
+    if callback is None:
+        name = OmegaConf.select(cfg, "model.monitor", default="val/miou")
+        return {"name": name, "mode": "max", "best": None, "best_epoch": None}
+    score = callback.best_model_score
+    best_epoch = None
+    if callback.best_model_path and Path(callback.best_model_path).is_file():
+        # mmap: only the pickled header is read, not the weights
+        checkpoint = torch.load(
+            callback.best_model_path, map_location="cpu", mmap=True, weights_only=False
+        )
+        best_epoch = checkpoint.get("epoch")
+        if score is None:  # resumed from another folder: Lightning reloads only the path
+            score = _saved_best_score(checkpoint, callback.monitor)
+    return {
+        "name": callback.monitor,
+        "mode": callback.mode,
+        "best": None if score is None else float(score),
+        "best_epoch": best_epoch,
+    }
+
+
+def _saved_best_score(checkpoint: dict[str, Any], monitor: str) -> float | None:
+    """The best score a ModelCheckpoint on ``monitor`` stored in ``checkpoint``, if any."""
+    for key, state in checkpoint.get("callbacks", {}).items():
+        if str(key).startswith("ModelCheckpoint") and state.get("monitor") == monitor:
+            return state.get("best_model_score")
+    return None
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
