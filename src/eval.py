@@ -5,10 +5,12 @@ from omegaconf import DictConfig
 
 import seglab  # noqa: F401  (registers the config resolvers)
 from seglab.eval import evaluate
+from seglab.utils.console import quiet_known_noise
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    quiet_known_noise()
     evaluate(cfg)
 
 

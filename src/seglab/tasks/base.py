@@ -38,9 +38,11 @@ class SegmentationTask(L.LightningModule):
     names are the ones checkpoints were written with.
 
     At the end of each stage's epoch, ``epoch_metrics(stage)`` gives the values to log by name;
-    they are logged as ``f"{stage}/{name}"`` (``main_metric`` last, on the progress bar), and the
-    stage's metrics are reset. The metrics are synced across DDP ranks by torchmetrics, so every
-    rank logs the same values.
+    they are logged as ``f"{log_prefix}{stage}/{name}"`` (``main_metric`` last, on the progress
+    bar), and the stage's metrics are reset. The metrics are synced across DDP ranks by
+    torchmetrics, so every rank logs the same values. ``log_prefix`` is ``""`` except while
+    ``seglab.train.train`` validates or tests the best checkpoint after fitting (``"best/"``), so
+    that those scores do not read as one more epoch of ``val/...``.
 
     Args:
         net: the network, exposed as ``self.net``.
@@ -52,6 +54,8 @@ class SegmentationTask(L.LightningModule):
     """
 
     main_metric: str
+    # prepended to every epoch-end metric name (see the class docstring)
+    log_prefix: str = ""
 
     def __init__(
         self,
@@ -98,18 +102,43 @@ class SegmentationTask(L.LightningModule):
         """The values to log at the end of ``stage``'s epoch, by name (without the stage)."""
         raise NotImplementedError
 
+    def log_train(self, losses: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Log each training loss by name as ``train/name`` every ``log_every_n_steps`` steps and
+        as its epoch mean ``train/name_epoch`` at the end of every epoch, so that an epoch with
+        fewer batches than ``log_every_n_steps`` still has train rows; ``loss`` (the loss
+        optimised) goes on the progress bar.
+
+        The epoch means are averaged over the DDP ranks (``sync_dist``: one all-reduce per name
+        at the end of the epoch); the step values are this rank's.
+        """
+        for name, value in losses.items():
+            value = value.detach()
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
+            self.log(
+                f"train/{name}_epoch",
+                value,
+                on_step=False,
+                on_epoch=True,
+                sync_dist=True,
+                batch_size=batch_size,
+            )
+
     def log_epoch(self, stage: str) -> None:
-        """Log ``epoch_metrics(stage)`` as ``stage/name`` and reset the stage's metrics."""
+        """Log ``epoch_metrics(stage)`` as ``{log_prefix}{stage}/name`` and reset the stage's
+        metrics."""
         values = self.epoch_metrics(stage)
         for module in self.stage_metrics[stage].values():
             for metric in module.modules():
                 if isinstance(metric, Metric):
                     metric.reset()
-        logs = {f"{stage}/{name}": value for name, value in values.items()}
-        main = logs.pop(f"{stage}/{self.main_metric}")
-        # Synced by torchmetrics already: identical on every rank.
-        self.log_dict(logs, prog_bar=False, sync_dist=False, rank_zero_only=False)
-        self.log(f"{stage}/{self.main_metric}", main, prog_bar=True)
+        logs = {f"{self.log_prefix}{stage}/{name}": value for name, value in values.items()}
+        main = logs.pop(f"{self.log_prefix}{stage}/{self.main_metric}")
+        # Synced by torchmetrics already, so identical on every rank: a max over the ranks says
+        # so to Lightning (which otherwise warns, per name, that an epoch value is not synced)
+        # and leaves each value bit for bit as it is, NaN included.
+        synced = {"sync_dist": True, "reduce_fx": "max"}
+        self.log_dict(logs, prog_bar=False, **synced)
+        self.log(f"{self.log_prefix}{stage}/{self.main_metric}", main, prog_bar=True, **synced)
 
     def on_train_epoch_end(self) -> None:
         if self.stage_metrics["train"]:
