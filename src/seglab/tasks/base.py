@@ -10,13 +10,17 @@ import lightning as L
 import torch
 from torch import nn
 from torch.optim import Optimizer
-from torchmetrics import Metric
+from torchmetrics import MeanMetric, Metric
 
 from seglab.tasks.optim import configure_optimizers
 
 __all__ = ["SegmentationTask", "crop_to"]
 
 STAGES = ("train", "val", "test")
+# self.log flags of values torchmetrics synced already, so identical on every rank: a max over the
+# ranks says so to Lightning (which otherwise warns, per name, that an epoch value is not synced)
+# and leaves each value bit for bit as it is, NaN included; one all-reduce per name and epoch.
+_SYNCED = {"sync_dist": True, "reduce_fx": "max"}
 
 
 def crop_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -78,6 +82,9 @@ class SegmentationTask(L.LightningModule):
             list(class_names) if class_names else [str(i) for i in range(num_classes)]
         )
         self.stage_metrics: dict[str, dict[str, nn.Module]] = {stage: {} for stage in STAGES}
+        # epoch means of the training losses by name (log_train); a plain dict, not submodules:
+        # nothing of a checkpoint, and created on the losses' device
+        self.train_means: dict[str, MeanMetric] = {}
 
     def add_stage_metric(
         self, name: str, stages: Iterable[str], build: Callable[[], nn.Module]
@@ -103,25 +110,22 @@ class SegmentationTask(L.LightningModule):
         raise NotImplementedError
 
     def log_train(self, losses: dict[str, torch.Tensor], batch_size: int) -> None:
-        """Log each training loss by name as ``train/name`` every ``log_every_n_steps`` steps and
-        as its epoch mean ``train/name_epoch`` at the end of every epoch, so that an epoch with
-        fewer batches than ``log_every_n_steps`` still has train rows; ``loss`` (the loss
-        optimised) goes on the progress bar.
+        """Log each training loss by name as ``train/name`` every ``log_every_n_steps`` steps, and
+        add it to its epoch mean, logged as ``train/name_epoch`` at the end of every epoch (so an
+        epoch with fewer batches than ``log_every_n_steps`` still has train rows); ``loss`` (the
+        loss optimised) goes on the progress bar.
 
-        The epoch means are averaged over the DDP ranks (``sync_dist``: one all-reduce per name
-        at the end of the epoch); the step values are this rank's.
+        The step values are this rank's; the epoch means are over every rank's batches (a
+        torchmetrics ``MeanMetric`` per name, weighted by the batch size). Not Lightning's
+        ``on_epoch=True, sync_dist=True``: its progress bar computes epoch values at the end of
+        the training epoch on rank 0 alone, so the ranks' collectives would not match.
         """
         for name, value in losses.items():
             value = value.detach()
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
-            self.log(
-                f"train/{name}_epoch",
-                value,
-                on_step=False,
-                on_epoch=True,
-                sync_dist=True,
-                batch_size=batch_size,
-            )
+            if name not in self.train_means:
+                self.train_means[name] = MeanMetric().to(value.device)
+            self.train_means[name].update(value, weight=batch_size)
 
     def log_epoch(self, stage: str) -> None:
         """Log ``epoch_metrics(stage)`` as ``{log_prefix}{stage}/name`` and reset the stage's
@@ -133,14 +137,15 @@ class SegmentationTask(L.LightningModule):
                     metric.reset()
         logs = {f"{self.log_prefix}{stage}/{name}": value for name, value in values.items()}
         main = logs.pop(f"{self.log_prefix}{stage}/{self.main_metric}")
-        # Synced by torchmetrics already, so identical on every rank: a max over the ranks says
-        # so to Lightning (which otherwise warns, per name, that an epoch value is not synced)
-        # and leaves each value bit for bit as it is, NaN included.
-        synced = {"sync_dist": True, "reduce_fx": "max"}
-        self.log_dict(logs, prog_bar=False, **synced)
-        self.log(f"{self.log_prefix}{stage}/{self.main_metric}", main, prog_bar=True, **synced)
+        self.log_dict(logs, prog_bar=False, **_SYNCED)
+        self.log(f"{self.log_prefix}{stage}/{self.main_metric}", main, prog_bar=True, **_SYNCED)
 
     def on_train_epoch_end(self) -> None:
+        # every rank runs this hook (unlike the progress bar's), so torchmetrics syncs here
+        means = {f"train/{name}_epoch": mean.compute() for name, mean in self.train_means.items()}
+        for mean in self.train_means.values():
+            mean.reset()
+        self.log_dict(means, **_SYNCED)
         if self.stage_metrics["train"]:
             self.log_epoch("train")
 
