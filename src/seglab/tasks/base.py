@@ -140,11 +140,13 @@ class SegmentationTask(L.LightningModule):
         self.log_dict(logs, prog_bar=False, **_SYNCED)
         self.log(f"{self.log_prefix}{stage}/{self.main_metric}", main, prog_bar=True, **_SYNCED)
 
+    def on_train_epoch_start(self) -> None:
+        for mean in self.train_means.values():  # an interrupted epoch's batches stay out
+            mean.reset()
+
     def on_train_epoch_end(self) -> None:
         # every rank runs this hook (unlike the progress bar's), so torchmetrics syncs here
         means = {f"train/{name}_epoch": mean.compute() for name, mean in self.train_means.items()}
-        for mean in self.train_means.values():
-            mean.reset()
         self.log_dict(means, **_SYNCED)
         if self.stage_metrics["train"]:
             self.log_epoch("train")
