@@ -4,11 +4,15 @@ import hydra
 from omegaconf import DictConfig
 
 import seglab  # noqa: F401  (registers the config resolvers)
-from seglab.predict import predict
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
+    # imported here, not at the top: `--help` then answers at once, without loading torch
+    from seglab.predict import predict
+    from seglab.utils.console import quiet_known_noise
+
+    quiet_known_noise()
     predict(cfg)
 
 

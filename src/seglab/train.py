@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from seglab.callbacks import EmbedConfig
 from seglab.compare import log_hparams
 from seglab.utils.checkpoint import load_weights
+from seglab.utils.config import run_config, task_overrides
+from seglab.utils.console import quiet_known_noise
 from seglab.utils.instantiate import (
     build_datamodule,
     build_list,
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # ckpt_path values Lightning resolves itself rather than reading a file
 _LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+# the metric names of the best checkpoint's validation and test after fitting
+BEST_PREFIX = "best/"
 # what Lightning needs, besides the weights, to resume fitting
 _TRAINING_STATE = ("pytorch-lightning_version", "epoch", "global_step", "loops", "optimizer_states")
 
@@ -49,11 +53,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     ``status``, ``wall_time_s`` (the whole of this function), ``run_dir``, ``epochs`` run and
     ``monitor`` (the monitored metric's name, mode, best value and its 0-based epoch).
 
+    Every logger gets the resolved run config (``seglab.utils.config.run_config``) before fitting.
+    The best checkpoint's validation and test are logged as ``best/val/<name>`` and
+    ``best/test/<name>``; ``metrics.json`` keeps them under ``val`` and ``test`` without the
+    ``best/``. The last line logged names the run folder and the best checkpoint.
+
     Returns:
         ``(metrics, objects)``: the final metrics (also written to ``metrics.json`` in the run
         folder) and the objects built (``cfg``, ``datamodule``, ``model``, ``trainer``).
     """
     start = time.perf_counter()
+    quiet_known_noise()
     if cfg.get("malloc_tuning"):
         tune_malloc()
     if cfg.get("seed") is not None:
@@ -69,10 +79,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     loggers = build_list(cfg.get("logger"), "logger")
     if not loggers:  # Lightning refuses a learning-rate monitor without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
+    summary = {}
+    if any(isinstance(c, ModelSummary) for c in callbacks):
+        # the callbacks group prints the summary; Lightning's flag would only say it skips its own
+        summary["enable_model_summary"] = False
+    trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False, **summary)
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
     if rank_zero_only.rank == 0:
         move_aside(output_dir / "metrics.json")
+    if trainer.loggers:  # the tasks save their hyperparameters for checkpoints, not loggers
+        params = run_config(cfg)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(params)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics: dict[str, Any] = {"fit": _scalars(trainer.callback_metrics)}
@@ -80,13 +98,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt = best if best else None
     if cfg.get("validate", True):
-        metrics["val"] = trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt)[0]
+        metrics["val"] = _score_best(trainer.validate, model, datamodule, ckpt)
     if cfg.get("test", False):
-        metrics["test"] = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)[0]
+        metrics["test"] = _score_best(trainer.test, model, datamodule, ckpt)
     metrics["best_checkpoint"] = best or None
     metrics["monitor"] = _monitor_summary(cfg, trainer)
     metrics["epochs"] = trainer.current_epoch
-    metrics["overrides"] = _task_overrides()
+    metrics["overrides"] = task_overrides()
     metrics["run_dir"] = str(output_dir)
     metrics["status"] = "completed"
     metrics["wall_time_s"] = round(time.perf_counter() - start, 3)
@@ -94,8 +112,28 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", metrics)
-        log.info("metrics written to %s", output_dir / "metrics.json")
+        log.info(
+            "Run folder: %s; best checkpoint: %s",
+            output_dir,
+            best or "none (no checkpoint saved)",
+        )
     return metrics, objects
+
+
+def _score_best(
+    run: Callable[..., list[dict[str, float]]],
+    model: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    ckpt: str | None,
+) -> dict[str, float]:
+    """``run`` (``trainer.validate`` or ``trainer.test``) on ``ckpt``, its metrics logged under
+    ``best/`` and returned without it."""
+    model.log_prefix = BEST_PREFIX
+    try:
+        scores = run(model, datamodule=datamodule, ckpt_path=ckpt)[0]
+    finally:
+        model.log_prefix = ""
+    return {name.removeprefix(BEST_PREFIX): value for name, value in scores.items()}
 
 
 def _check_resume(model: L.LightningModule, ckpt_path: str) -> None:
@@ -115,13 +153,6 @@ def _check_resume(model: L.LightningModule, ckpt_path: str) -> None:
             f"ckpt_path={ckpt_path!r}: holds weights but no training state {absent}; expected a "
             "checkpoint saved while training (checkpoints/last.ckpt of a seglab train run)"
         )
-
-
-def _task_overrides() -> list[str]:
-    """The job's command-line overrides of the task config (none when Hydra is not running)."""
-    if not HydraConfig.initialized():
-        return []
-    return [str(o) for o in HydraConfig.get().overrides.task]
 
 
 def _monitor_summary(cfg: DictConfig, trainer: L.Trainer) -> dict[str, Any]:

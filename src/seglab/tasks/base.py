@@ -10,13 +10,17 @@ import lightning as L
 import torch
 from torch import nn
 from torch.optim import Optimizer
-from torchmetrics import Metric
+from torchmetrics import MeanMetric, Metric
 
 from seglab.tasks.optim import configure_optimizers
 
 __all__ = ["SegmentationTask", "crop_to"]
 
 STAGES = ("train", "val", "test")
+# self.log flags of values torchmetrics synced already, so identical on every rank: a max over the
+# ranks says so to Lightning (which otherwise warns, per name, that an epoch value is not synced)
+# and leaves each value bit for bit as it is, NaN included; one all-reduce per name and epoch.
+_SYNCED = {"sync_dist": True, "reduce_fx": "max"}
 
 
 def crop_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -38,9 +42,11 @@ class SegmentationTask(L.LightningModule):
     names are the ones checkpoints were written with.
 
     At the end of each stage's epoch, ``epoch_metrics(stage)`` gives the values to log by name;
-    they are logged as ``f"{stage}/{name}"`` (``main_metric`` last, on the progress bar), and the
-    stage's metrics are reset. The metrics are synced across DDP ranks by torchmetrics, so every
-    rank logs the same values.
+    they are logged as ``f"{log_prefix}{stage}/{name}"`` (``main_metric`` last, on the progress
+    bar), and the stage's metrics are reset. The metrics are synced across DDP ranks by
+    torchmetrics, so every rank logs the same values. ``log_prefix`` is ``""`` except while
+    ``seglab.train.train`` validates or tests the best checkpoint after fitting (``"best/"``), so
+    that those scores do not read as one more epoch of ``val/...``.
 
     Args:
         net: the network, exposed as ``self.net``.
@@ -52,6 +58,8 @@ class SegmentationTask(L.LightningModule):
     """
 
     main_metric: str
+    # prepended to every epoch-end metric name (see the class docstring)
+    log_prefix: str = ""
 
     def __init__(
         self,
@@ -74,6 +82,9 @@ class SegmentationTask(L.LightningModule):
             list(class_names) if class_names else [str(i) for i in range(num_classes)]
         )
         self.stage_metrics: dict[str, dict[str, nn.Module]] = {stage: {} for stage in STAGES}
+        # epoch means of the training losses by name (log_train); a plain dict, not submodules:
+        # nothing of a checkpoint, and created on the losses' device
+        self.train_means: dict[str, MeanMetric] = {}
 
     def add_stage_metric(
         self, name: str, stages: Iterable[str], build: Callable[[], nn.Module]
@@ -98,20 +109,45 @@ class SegmentationTask(L.LightningModule):
         """The values to log at the end of ``stage``'s epoch, by name (without the stage)."""
         raise NotImplementedError
 
+    def log_train(self, losses: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Log each training loss by name as ``train/name`` every ``log_every_n_steps`` steps, and
+        add it to its epoch mean, logged as ``train/name_epoch`` at the end of every epoch (so an
+        epoch with fewer batches than ``log_every_n_steps`` still has train rows); ``loss`` (the
+        loss optimised) goes on the progress bar.
+
+        The step values are this rank's; the epoch means are over every rank's batches (a
+        torchmetrics ``MeanMetric`` per name, weighted by the batch size). Not Lightning's
+        ``on_epoch=True, sync_dist=True``: its progress bar computes epoch values at the end of
+        the training epoch on rank 0 alone, so the ranks' collectives would not match.
+        """
+        for name, value in losses.items():
+            value = value.detach()
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
+            if name not in self.train_means:
+                self.train_means[name] = MeanMetric().to(value.device)
+            self.train_means[name].update(value, weight=batch_size)
+
     def log_epoch(self, stage: str) -> None:
-        """Log ``epoch_metrics(stage)`` as ``stage/name`` and reset the stage's metrics."""
+        """Log ``epoch_metrics(stage)`` as ``{log_prefix}{stage}/name`` and reset the stage's
+        metrics."""
         values = self.epoch_metrics(stage)
         for module in self.stage_metrics[stage].values():
             for metric in module.modules():
                 if isinstance(metric, Metric):
                     metric.reset()
-        logs = {f"{stage}/{name}": value for name, value in values.items()}
-        main = logs.pop(f"{stage}/{self.main_metric}")
-        # Synced by torchmetrics already: identical on every rank.
-        self.log_dict(logs, prog_bar=False, sync_dist=False, rank_zero_only=False)
-        self.log(f"{stage}/{self.main_metric}", main, prog_bar=True)
+        logs = {f"{self.log_prefix}{stage}/{name}": value for name, value in values.items()}
+        main = logs.pop(f"{self.log_prefix}{stage}/{self.main_metric}")
+        self.log_dict(logs, prog_bar=False, **_SYNCED)
+        self.log(f"{self.log_prefix}{stage}/{self.main_metric}", main, prog_bar=True, **_SYNCED)
+
+    def on_train_epoch_start(self) -> None:
+        for mean in self.train_means.values():  # an interrupted epoch's batches stay out
+            mean.reset()
 
     def on_train_epoch_end(self) -> None:
+        # every rank runs this hook (unlike the progress bar's), so torchmetrics syncs here
+        means = {f"train/{name}_epoch": mean.compute() for name, mean in self.train_means.items()}
+        self.log_dict(means, **_SYNCED)
         if self.stage_metrics["train"]:
             self.log_epoch("train")
 

@@ -155,9 +155,7 @@ class InstanceSegmentationTask(SegmentationTask):
         images, targets = batch
         losses = self.net(list(images), self.net_targets(targets))
         loss = self.total_loss(losses)
-        logs = {f"train/{k}": v.detach() for k, v in losses.items()}
-        self.log_dict(logs, batch_size=len(images))
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        self.log_train({**losses, "loss": loss}, batch_size=len(images))
         return loss
 
     def eval_losses(

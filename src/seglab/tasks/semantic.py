@@ -172,7 +172,7 @@ class SemanticSegmentationTask(SegmentationTask):
         if aux is not None and self.aux_weight:
             loss = loss + self.aux_weight * self._reduce(*self._loss(aux, batch)[:2])
         self.stage_metrics["train"]["metrics"].update(logits.detach(), mask)
-        self.log("train/loss", loss, prog_bar=True, batch_size=mask.shape[0])
+        self.log_train({"loss": loss}, batch_size=mask.shape[0])
         return loss
 
     def infer(self, images: torch.Tensor) -> torch.Tensor:

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["project_root", "register_resolvers", "upgrade_data_config"]
+__all__ = [
+    "make_run_name",
+    "project_root",
+    "register_resolvers",
+    "run_config",
+    "task_overrides",
+    "upgrade_data_config",
+]
+
+# Overrides left out of run names: where a run writes, how it logs and what it resumes from do
+# not change what ran (a key, or a key followed by "." for its subkeys).
+RUN_NAME_SKIPS = ("paths", "hydra", "logger", "run_name", "task_name", "tags", "ckpt_path")
+RUN_NAME_MAX = 80
 
 
 def project_root() -> Path:
@@ -62,12 +78,68 @@ def upgrade_data_config(data: DictConfig) -> None:
         data.weight_map = None
 
 
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def make_run_name(model: str | None, data: str | None, overrides: Iterable[str] = ()) -> str:
+    """``model-data`` followed by the task overrides that say how this run differs, sorted:
+    ``make_run_name("unet_small", "shapes", ["optimizer.lr=0.003"])`` is
+    ``"unet_small-shapes-optimizer.lr=0.003"``.
+
+    The ``model=`` and ``data=`` choices (already in the name) and the keys of
+    ``RUN_NAME_SKIPS`` are left out. The name is safe as a file name and a W&B / TensorBoard run
+    name: whitespace, quotes and brackets are dropped, other characters than letters, digits
+    and ``._,=+-`` become ``_``. Longer than ``RUN_NAME_MAX`` characters, it is cut and ends with
+    8 hex digits of the full name's SHA-1, so that two different runs keep different names.
+    """
+    kept = []
+    for override in overrides:
+        key = _override_key(str(override))
+        if key in ("model", "data") or any(
+            key == skip or key.startswith(f"{skip}.") for skip in RUN_NAME_SKIPS
+        ):
+            continue
+        kept.append(str(override))
+    full = "-".join([str(p) for p in (model, data) if p] + sorted(kept))
+    name = re.sub(r"[\s'\"{}\[\]()]", "", full)
+    name = re.sub(r"[^A-Za-z0-9._,=+-]+", "_", name) or "run"
+    if len(name) > RUN_NAME_MAX:
+        digest = hashlib.sha1(full.encode()).hexdigest()[:8]
+        name = f"{name[: RUN_NAME_MAX - 9]}-{digest}"
+    return name
+
+
+def task_overrides() -> list[str]:
+    """The command-line overrides of this Hydra job (``hydra.overrides.task``); [] outside
+    Hydra."""
+    if not HydraConfig.initialized():
+        return []
+    return [str(o) for o in HydraConfig.get().overrides.task]
+
+
+def run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's whole resolved config as plain values, without Hydra's own settings
+    (``cfg.hydra`` when composed with them), plus ``overrides``: the job's task overrides."""
+    config = {}
+    for key in cfg:
+        if key == "hydra":  # Hydra's settings; its sweep keys do not resolve in a single run
+            continue
+        value = cfg[key]
+        config[key] = (
+            OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        )
+    config["overrides"] = task_overrides()
+    return config
+
+
 def register_resolvers() -> None:
     """Register the resolvers the configs use, once per process.
 
     ``${seglab_root:}`` project root, ``${no_env:NAME}`` true when $NAME is unset or empty,
-    ``${len:LIST}``, ``${concat:LIST,LIST,...}``, ``${by_task:TASK,SEMANTIC,INSTANCE,PANOPTIC}``
-    and ``${dataset:KEY}`` (a data config's declared default of KEY).
+    ``${len:LIST}``, ``${concat:LIST,LIST,...}``, ``${by_task:TASK,SEMANTIC,INSTANCE,PANOPTIC}``,
+    ``${dataset:KEY}`` (a data config's declared default of KEY) and
+    ``${run_name:MODEL,DATA,OVERRIDES}`` (``make_run_name``).
     """
     resolvers = {
         "seglab_root": lambda: str(project_root()),
@@ -76,6 +148,7 @@ def register_resolvers() -> None:
         "concat": _concat,
         "by_task": _by_task,
         "dataset": _dataset,
+        "run_name": lambda model, data, overrides: make_run_name(model, data, list(overrides)),
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
