@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from seglab.callbacks import EmbedConfig
+from seglab.callbacks import EmbedConfig, wandb_callbacks, wandb_resume
 from seglab.utils.checkpoint import load_weights
 from seglab.utils.instantiate import (
     build_datamodule,
@@ -57,7 +57,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if ckpt_path is not None and str(ckpt_path) not in _LIGHTNING_CKPT_NAMES:
         _check_resume(model, str(ckpt_path))
     callbacks = [*build_list(cfg.get("callbacks"), "callbacks"), EmbedConfig(saved_config(cfg))]
+    # W&B: a resumed run continues the checkpoint's W&B run; the summary keeps the best value
+    wandb_resume(cfg.get("logger"), ckpt_path)
     loggers = build_list(cfg.get("logger"), "logger")
+    callbacks += wandb_callbacks(loggers)
     if not loggers:  # Lightning refuses a learning-rate monitor without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)

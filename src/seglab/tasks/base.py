@@ -40,7 +40,9 @@ class SegmentationTask(L.LightningModule):
     At the end of each stage's epoch, ``epoch_metrics(stage)`` gives the values to log by name;
     they are logged as ``f"{stage}/{name}"`` (``main_metric`` last, on the progress bar), and the
     stage's metrics are reset. The metrics are synced across DDP ranks by torchmetrics, so every
-    rank logs the same values.
+    rank logs the same values. Tasks with a ``SemanticMetrics`` keep its last values of each stage
+    in ``self.semantic_results[stage]`` (``confmat``, ``iou``, ...), for callbacks that draw
+    them after the reset (``seglab.callbacks.Visuals``).
 
     Args:
         net: the network, exposed as ``self.net``.
@@ -74,6 +76,7 @@ class SegmentationTask(L.LightningModule):
             list(class_names) if class_names else [str(i) for i in range(num_classes)]
         )
         self.stage_metrics: dict[str, dict[str, nn.Module]] = {stage: {} for stage in STAGES}
+        self.semantic_results: dict[str, dict[str, torch.Tensor]] = {}
 
     def add_stage_metric(
         self, name: str, stages: Iterable[str], build: Callable[[], nn.Module]

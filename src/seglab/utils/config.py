@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
@@ -41,6 +43,32 @@ def _by_task(task: str, semantic: object, instance: object, panoptic: object) ->
     return choices[task]
 
 
+def _hydra_choices() -> tuple[dict[str, Any], Any]:
+    """The run's config-group choices and Hydra config ({} and None outside a Hydra run)."""
+    if not HydraConfig.initialized():
+        return {}, None
+    hydra = HydraConfig.get()
+    return dict(hydra.runtime.choices), hydra
+
+
+def _run_group() -> str:
+    """``${run_group:}``: the W&B group of a run: the ``experiment=`` chosen, else the sweep
+    folder's name in a multirun, else ""."""
+    choices, hydra = _hydra_choices()
+    if choices.get("experiment"):
+        return str(choices["experiment"])
+    if hydra is not None and hydra.mode == RunMode.MULTIRUN:
+        return Path(hydra.sweep.dir).name
+    return ""
+
+
+def _run_tags(tags: list | None = None) -> list[str]:
+    """``${run_tags:${tags}}``: the model and data chosen, then ``tags``, each once."""
+    choices, _ = _hydra_choices()
+    found = [choices.get("model"), choices.get("data"), *(tags or [])]
+    return list(dict.fromkeys(str(t) for t in found if t))
+
+
 def _dataset(key: str, *, _parent_: DictConfig) -> Any:
     """``${dataset:KEY}`` in a data config: the declared default of ``data.KEY`` in the Python
     metadata of the node's ``_target_`` (``SegmentationDataModule.declared``), for its task."""
@@ -67,7 +95,8 @@ def register_resolvers() -> None:
 
     ``${seglab_root:}`` project root, ``${no_env:NAME}`` true when $NAME is unset or empty,
     ``${len:LIST}``, ``${concat:LIST,LIST,...}``, ``${by_task:TASK,SEMANTIC,INSTANCE,PANOPTIC}``
-    and ``${dataset:KEY}`` (a data config's declared default of KEY).
+    ``${dataset:KEY}`` (a data config's declared default of KEY), ``${run_group:}`` and
+    ``${run_tags:LIST}`` (a run's W&B group and tags).
     """
     resolvers = {
         "seglab_root": lambda: str(project_root()),
@@ -76,6 +105,8 @@ def register_resolvers() -> None:
         "concat": _concat,
         "by_task": _by_task,
         "dataset": _dataset,
+        "run_group": _run_group,
+        "run_tags": _run_tags,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
