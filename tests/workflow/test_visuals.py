@@ -189,7 +189,8 @@ def test_resume_continues_the_wandb_run(tmp_path):
     assert torch.load(resumed, weights_only=False)[WANDB_RUN_KEY] == run_id
 
 
-def test_visuals_leave_training_and_metrics_alone_and_follow_every_n_epochs(tmp_path):
+def test_visuals_leave_training_and_metrics_alone_and_follow_every_n_epochs(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="seglab.callbacks.visuals")
     common = ["trainer.max_epochs=3", "callbacks.early_stopping=null"]
     _, drawn, _ = run_train(
         tmp_path / "a",
@@ -200,6 +201,7 @@ def test_visuals_leave_training_and_metrics_alone_and_follow_every_n_epochs(tmp_
     folders = sorted(p.name for p in (tmp_path / "a" / "visuals").iterdir())
     assert folders == ["epoch_000", "epoch_002"]
     assert not (tmp_path / "b" / "visuals").exists()
+    assert not [r for r in caplog.records if "no validation set" in r.getMessage()]
 
 
 def test_no_validation_set_is_said_once(tmp_path, caplog):

@@ -74,13 +74,22 @@ def confusion_figure(confmat: torch.Tensor, class_names: Sequence[str]) -> Figur
     rows = counts.sum(dim=1, keepdim=True)
     share = torch.where(rows > 0, counts / rows.clamp(min=1), torch.zeros_like(counts)).numpy()
     k = len(share)
-    side = min(12.0, 2.5 + 0.45 * k)
-    figure = Figure(figsize=(side, side * 0.9), dpi=100, layout="constrained")
+    names = [str(n) for n in class_names] if k <= 40 else []
+    # fixed margins from the longest name: a layout engine would double the drawing time
+    margin = 0.3 + 0.065 * max((len(n) for n in names), default=2)
+    side = min(10.0, 1.5 + 0.4 * k)
+    figure = Figure(figsize=(side + margin + 1.2, side + margin + 0.5), dpi=80)
+    width, height = figure.get_size_inches()
+    figure.subplots_adjust(
+        left=(margin + 0.35) / width,
+        bottom=(margin + 0.35) / height,
+        right=1 - 1.1 / width,
+        top=1 - 0.4 / height,
+    )
     axes = figure.add_subplot()
-    shown = axes.imshow(share, vmin=0.0, vmax=1.0, cmap="Blues")
-    figure.colorbar(shown, ax=axes, fraction=0.046)
-    names = [str(n) for n in class_names]
-    if k <= 40:
+    shown = axes.imshow(share, vmin=0.0, vmax=1.0, cmap="Blues", interpolation="nearest")
+    figure.colorbar(shown, ax=axes, fraction=0.05, pad=0.03)
+    if names:
         axes.set_xticks(range(k), names, rotation=90, fontsize=8)
         axes.set_yticks(range(k), names, fontsize=8)
     if k <= 15:
@@ -91,7 +100,7 @@ def confusion_figure(confmat: torch.Tensor, class_names: Sequence[str]) -> Figur
                           color=colour)  # fmt: skip
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
-    axes.set_title("confusion matrix (each row sums to 1)")
+    axes.set_title("confusion matrix (each row sums to 1)", fontsize=10)
     return figure
 
 
@@ -208,10 +217,9 @@ class Visuals(L.Callback):
         for k, picture in enumerate(pictures):
             atomic_write_bytes(folder / f"{k:02d}_{picture.stem}.png", _png(picture.panels))
         matrix = self.confusion(pl_module)
-        figure, matrix_rgb = None, None
+        matrix_rgb = None
         if matrix is not None:
-            figure = confusion_figure(*matrix)
-            png, matrix_rgb = _figure_png(figure)
+            png, matrix_rgb = _figure_png(confusion_figure(*matrix))
             atomic_write_bytes(folder / "confusion_matrix.png", png)
         iou = self.per_class_iou(pl_module)
         if iou is not None:
@@ -220,7 +228,7 @@ class Visuals(L.Callback):
             if isinstance(logger, WandbLogger):
                 self._to_wandb(logger, trainer.global_step, pictures, matrix_rgb, iou)
             elif isinstance(logger, TensorBoardLogger):
-                self._to_tensorboard(logger, trainer.global_step, pictures, figure, iou)
+                self._to_tensorboard(logger, trainer.global_step, pictures, matrix_rgb, iou)
         self.seconds.append(time.perf_counter() - start)
         log.debug("Visuals: epoch %d drawn in %.2f s", epoch, self.seconds[-1])
 
@@ -449,7 +457,7 @@ class Visuals(L.Callback):
         logger: TensorBoardLogger,
         step: int,
         pictures: list[Picture],
-        figure: Figure | None,
+        matrix: np.ndarray | None,
         iou: list[tuple[str, float]] | None,
     ) -> None:
         writer = logger.experiment
@@ -457,8 +465,8 @@ class Visuals(L.Callback):
             writer.add_image(
                 f"val/predictions/{k:02d}_{picture.stem}", picture.panels, step, dataformats="HWC"
             )
-        if figure is not None:
-            writer.add_figure("val/confusion_matrix", figure, step, close=False)
+        if matrix is not None:  # the figure drawn once, for the file, W&B and here
+            writer.add_image("val/confusion_matrix", matrix, step, dataformats="HWC")
         if iou is not None:
             table = "| class | IoU |\n|---|---|\n" + "".join(
                 f"| {name} | {value:.4f} |\n" for name, value in iou
