@@ -259,3 +259,20 @@ def test_instance_and_panoptic_overlays(tmp_path, model, small_maskrcnn_override
     assert np.abs(image - truth).sum() > 0  # the ground truth's masks are drawn
     assert (folder / "confusion_matrix.png").is_file() == (model == "panoptic_fpn")
     assert not (folder / "per_class_iou.csv").exists()
+
+
+def test_each_train_call_gets_its_own_wandb_run(tmp_path):
+    """As the jobs of a multirun do (one process): no job logs into the previous job's run."""
+    overrides = ["logger=wandb", "callbacks.visuals=null"]
+    try:
+        ids = [
+            train(compose_config("train", [*QUIET, *overrides], tmp_path / job))[1]["trainer"]
+            .loggers[0]
+            .version
+            for job in ("0", "1")
+        ]
+    finally:
+        wandb.finish()
+    assert ids[0] != ids[1]
+    for job, run_id in zip(("0", "1"), ids):
+        assert offline_run(tmp_path / job).name.endswith(f"-{run_id}")

@@ -15,6 +15,8 @@ from omegaconf import DictConfig, open_dict
 __all__ = ["WANDB_RUN_KEY", "WandbRun", "wandb_callbacks", "wandb_resume"]
 
 WANDB_RUN_KEY = "seglab_wandb_run_id"
+# ids of the W&B runs a WandbRun of this process followed
+_FOLLOWED: set[str] = set()
 # ckpt_path values Lightning resolves itself rather than reading a file
 _LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 
@@ -29,14 +31,17 @@ class WandbRun(L.Callback):
         self.logger = logger
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or not trainer.is_global_zero:
+            return
+        run = self.logger.experiment
+        _FOLLOWED.add(run.id)
         checkpoint = trainer.checkpoint_callback
         monitor = getattr(checkpoint, "monitor", None)
-        if stage != "fit" or monitor is None or not trainer.is_global_zero:
-            return
-        mode = getattr(checkpoint, "mode", "max")
-        self.logger.experiment.define_metric(
-            monitor, summary=mode, step_metric="trainer/global_step", step_sync=True
-        )
+        if monitor is not None:
+            mode = getattr(checkpoint, "mode", "max")
+            run.define_metric(
+                monitor, summary=mode, step_metric="trainer/global_step", step_sync=True
+            )
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -46,9 +51,20 @@ class WandbRun(L.Callback):
 
 
 def wandb_callbacks(loggers: Sequence[Logger]) -> list[L.Callback]:
-    """A ``WandbRun`` for the first ``WandbLogger`` of ``loggers`` (none without one)."""
+    """A ``WandbRun`` for the first ``WandbLogger`` of ``loggers`` (none without one).
+
+    A W&B run that an earlier ``WandbRun`` of this process followed (the previous job of a
+    multirun, an earlier ``train`` call) is finished first: Lightning's ``WandbLogger`` would
+    otherwise log this run into it.
+    """
     found = [logger for logger in loggers if isinstance(logger, WandbLogger)]
-    return [WandbRun(found[0])] if found else []
+    if not found:
+        return []
+    import wandb
+
+    if wandb.run is not None and wandb.run.id in _FOLLOWED:
+        wandb.finish()
+    return [WandbRun(found[0])]
 
 
 def wandb_resume(logger_cfg: DictConfig | None, ckpt_path: str | Path | None) -> str | None:
