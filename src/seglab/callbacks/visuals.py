@@ -1,20 +1,22 @@
 """Pictures of a run as it trains: prediction overlays of fixed validation images, the confusion
 matrix and the per-class IoU, as PNG files in the run folder and in every logger present.
 
-The core (``render``) draws the pictures without any logger; ``Visuals.on_validation_end`` writes
-them under ``<dirpath>/epoch_{epoch:03d}/`` and sends the same to W&B (``wandb.Image`` with
-class-labelled masks and boxes, a ``wandb.Table``) and TensorBoard (images, a figure, a text
+The core (``Visuals.render``) draws them without any logger; ``Visuals.on_validation_end``
+writes them under ``<dirpath>/epoch_{epoch:03d}/`` and sends the same to W&B (``wandb.Image``
+with class-labelled masks and boxes, a ``wandb.Table``) and TensorBoard (images, a Markdown
 table).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import math
+import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from seglab.tasks.panoptic import PanopticSegmentationTask
 from seglab.tasks.semantic import SemanticSegmentationTask
 from seglab.utils.io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["Picture", "Visuals", "confusion_figure"]
+__all__ = ["Drawn", "Picture", "Visuals", "confusion_figure"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,17 @@ class Picture:
     image: np.ndarray
     masks: dict[str, Any]
     boxes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Drawn:
+    """What ``Visuals.render`` drew for an epoch: the overlays, the confusion matrix as PNG
+    bytes and as an RGB array (None: the task has none) and the per-class IoU (semantic)."""
+
+    pictures: list[Picture]
+    matrix_png: bytes | None
+    matrix: np.ndarray | None
+    iou: list[tuple[str, float]] | None
 
 
 def confusion_figure(confmat: torch.Tensor, class_names: Sequence[str]) -> Figure:
@@ -135,8 +148,8 @@ class Visuals(L.Callback):
 
     The images are the first ``num_images`` of the validation dataset, read once and kept for
     the whole run. Their predictions come from one extra forward pass in eval mode, without
-    gradients and with the random state forked, so the validation metrics and the training's
-    random stream are untouched. The confusion matrix and IoU are those the task computed for
+    gradients and with torch's, NumPy's and Python's random states restored, so the validation
+    metrics and the training's random stream are untouched. The confusion matrix and IoU are those the task computed for
     the epoch (``task.semantic_results["val"]``: semantic tasks, and the semantic branch of the
     panoptic task).
 
@@ -145,8 +158,8 @@ class Visuals(L.Callback):
     (``class,iou``; semantic). Each logger present gets the same: W&B the images with
     class-labelled ``masks`` (and ``boxes`` for instance and panoptic models) under
     ``val/predictions``, ``val/per_class_iou`` as a ``wandb.Table``, ``val/confusion_matrix`` as
-    an image; TensorBoard ``add_image`` per overlay, ``add_figure`` and the IoU as a Markdown
-    table (``add_text``).
+    an image; TensorBoard ``add_image`` per overlay and for the matrix (the figure drawn once),
+    the IoU as a Markdown table (``add_text``).
 
     Args:
         dirpath: folder of the epoch folders (the run folder's ``visuals/``).
@@ -211,35 +224,45 @@ class Visuals(L.Callback):
             return
         start = time.perf_counter()
         epoch = trainer.current_epoch
-        pictures = self.pictures(trainer, pl_module)
-        folder = self.dirpath / f"epoch_{epoch:03d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for k, picture in enumerate(pictures):
-            atomic_write_bytes(folder / f"{k:02d}_{picture.stem}.png", _png(picture.panels))
-        matrix = self.confusion(pl_module)
-        matrix_rgb = None
-        if matrix is not None:
-            png, matrix_rgb = _figure_png(confusion_figure(*matrix))
-            atomic_write_bytes(folder / "confusion_matrix.png", png)
-        iou = self.per_class_iou(pl_module)
-        if iou is not None:
-            atomic_write_text(folder / "per_class_iou.csv", _csv(iou))
+        drawn = self.render(trainer, pl_module)
+        self.write(self.dirpath / f"epoch_{epoch:03d}", drawn)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                self._to_wandb(logger, trainer.global_step, pictures, matrix_rgb, iou)
+                self._to_wandb(logger, trainer.global_step, drawn)
             elif isinstance(logger, TensorBoardLogger):
-                self._to_tensorboard(logger, trainer.global_step, pictures, matrix_rgb, iou)
+                self._to_tensorboard(logger, trainer.global_step, drawn)
         self.seconds.append(time.perf_counter() - start)
         log.debug("Visuals: epoch %d drawn in %.2f s", epoch, self.seconds[-1])
 
     # -- the logger-independent core ----------------------------------------------------------
+
+    def render(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Drawn:
+        """Everything drawn for the current epoch, without writing or logging it."""
+        matrix = self.confusion(pl_module)
+        png, rgb = (None, None) if matrix is None else _figure_png(confusion_figure(*matrix))
+        return Drawn(
+            pictures=self.pictures(trainer, pl_module),
+            matrix_png=png,
+            matrix=rgb,
+            iou=self.per_class_iou(pl_module),
+        )
+
+    def write(self, folder: Path, drawn: Drawn) -> None:
+        """``drawn`` as files in ``folder`` (made if missing), each written atomically."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, picture in enumerate(drawn.pictures):
+            atomic_write_bytes(folder / f"{k:02d}_{picture.stem}.png", _png(picture.panels))
+        if drawn.matrix_png is not None:
+            atomic_write_bytes(folder / "confusion_matrix.png", drawn.matrix_png)
+        if drawn.iou is not None:
+            atomic_write_text(folder / "per_class_iou.csv", _csv(drawn.iou))
 
     def items(self, trainer: L.Trainer) -> list[Any]:
         """The first ``num_images`` items of the validation dataset, read once."""
         if self._items is None:
             dataset = _val_dataset(trainer)
             count = 0 if dataset is None else min(self.num_images, len(dataset))
-            with torch.random.fork_rng(devices=[]):
+            with _random_state_kept([]):
                 self._items = [dataset[i] for i in range(count)]  # type: ignore[index]
         return self._items
 
@@ -257,7 +280,7 @@ class Visuals(L.Callback):
         training = pl_module.training
         try:
             pl_module.eval()
-            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            with torch.no_grad(), _random_state_kept(devices):
                 if isinstance(pl_module, InstanceSegmentationTask):
                     return self._detection_pictures(pl_module, items, colours)
                 if isinstance(pl_module, SemanticSegmentationTask):
@@ -428,50 +451,48 @@ class Visuals(L.Callback):
 
     # -- loggers ------------------------------------------------------------------------------
 
-    def _to_wandb(
-        self,
-        logger: WandbLogger,
-        step: int,
-        pictures: list[Picture],
-        matrix: np.ndarray | None,
-        iou: list[tuple[str, float]] | None,
-    ) -> None:
+    def _to_wandb(self, logger: WandbLogger, step: int, drawn: Drawn) -> None:
         import wandb
 
         payload: dict[str, Any] = {}
-        if pictures:
+        if drawn.pictures:
             payload["val/predictions"] = [
                 wandb.Image(p.image, caption=p.stem, masks=p.masks, boxes=p.boxes or None)
-                for p in pictures
+                for p in drawn.pictures
             ]
-        if matrix is not None:
-            payload["val/confusion_matrix"] = wandb.Image(matrix)
-        if iou is not None:
-            rows = [[name, None if math.isnan(value) else value] for name, value in iou]
+        if drawn.matrix is not None:
+            payload["val/confusion_matrix"] = wandb.Image(drawn.matrix)
+        if drawn.iou is not None:
+            rows = [[name, None if math.isnan(value) else value] for name, value in drawn.iou]
             payload["val/per_class_iou"] = wandb.Table(columns=["class", "iou"], data=rows)
         if payload:
             logger.log_metrics(payload, step=step)
 
-    def _to_tensorboard(
-        self,
-        logger: TensorBoardLogger,
-        step: int,
-        pictures: list[Picture],
-        matrix: np.ndarray | None,
-        iou: list[tuple[str, float]] | None,
-    ) -> None:
+    def _to_tensorboard(self, logger: TensorBoardLogger, step: int, drawn: Drawn) -> None:
         writer = logger.experiment
-        for k, picture in enumerate(pictures):
+        for k, picture in enumerate(drawn.pictures):
             writer.add_image(
                 f"val/predictions/{k:02d}_{picture.stem}", picture.panels, step, dataformats="HWC"
             )
-        if matrix is not None:  # the figure drawn once, for the file, W&B and here
-            writer.add_image("val/confusion_matrix", matrix, step, dataformats="HWC")
-        if iou is not None:
+        if drawn.matrix is not None:  # the figure drawn once, for the file, W&B and here
+            writer.add_image("val/confusion_matrix", drawn.matrix, step, dataformats="HWC")
+        if drawn.iou is not None:
             table = "| class | IoU |\n|---|---|\n" + "".join(
-                f"| {name} | {value:.4f} |\n" for name, value in iou
+                f"| {name} | {value:.4f} |\n" for name, value in drawn.iou
             )
             writer.add_text("val/per_class_iou", table, step)
+
+
+@contextlib.contextmanager
+def _random_state_kept(devices: list[torch.device]) -> Iterator[None]:
+    """Restore torch's (CPU and ``devices``), NumPy's and Python's random states on exit."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
 
 
 def _has_validation(trainer: L.Trainer) -> bool:
