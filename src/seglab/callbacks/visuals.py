@@ -347,7 +347,10 @@ class Visuals(L.Callback):
         return pictures
 
     def _detection_pictures(
-        self, task: InstanceSegmentationTask, items: list[tuple[torch.Tensor, dict]], colours
+        self,
+        task: InstanceSegmentationTask,
+        items: list[tuple[torch.Tensor, dict]],
+        colours: np.ndarray,
     ) -> list[Picture]:
         outputs = task.net([image.to(task.device) for image, _ in items])
         panoptic = isinstance(task, PanopticSegmentationTask)
@@ -403,7 +406,11 @@ class Visuals(L.Callback):
         return pictures
 
     def _instance_panel(
-        self, big: np.ndarray, objects: Mapping[str, torch.Tensor], factor: int, colours
+        self,
+        big: np.ndarray,
+        objects: Mapping[str, torch.Tensor],
+        factor: int,
+        colours: np.ndarray,
     ) -> np.ndarray:
         """``big`` (the image enlarged ``factor`` times) with the masks and boxes of
         ``objects`` in their class colours, each box captioned with its class (and score)."""
