@@ -58,12 +58,19 @@ def offline_run(run_dir: Path) -> Path:
     return folder
 
 
+def finish_wandb() -> None:
+    """Finish the W&B run and stop wandb's service process: ``finish`` alone may return before
+    the service has written the whole transaction log (seen on a loaded machine)."""
+    wandb.finish()
+    wandb.teardown()
+
+
 def run_train(tmp: Path, overrides: list[str]):
     cfg = compose_config("train", [*QUIET, *overrides], tmp)
     try:
         return cfg, *train(cfg)
     finally:
-        wandb.finish()
+        finish_wandb()
 
 
 def test_semantic_visuals_in_files_tensorboard_and_wandb(tmp_path):
@@ -139,7 +146,7 @@ def test_resolved_config_reaches_the_wandb_run(tmp_path):
         logger.log_hyperparams(OmegaConf.to_container(OmegaConf.create(resolved), resolve=True))
         run_id = logger.version
     finally:
-        wandb.finish()
+        finish_wandb()
     records = wandb_records(offline_run(tmp_path) / f"run-{run_id}.wandb")
     config = {
         u.key: json.loads(u.value_json)
@@ -272,7 +279,7 @@ def test_each_train_call_gets_its_own_wandb_run(tmp_path):
             for job in ("0", "1")
         ]
     finally:
-        wandb.finish()
+        finish_wandb()
     assert ids[0] != ids[1]
     for job, run_id in zip(("0", "1"), ids):
         assert offline_run(tmp_path / job).name.endswith(f"-{run_id}")
