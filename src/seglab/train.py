@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Mo
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from seglab.callbacks import EmbedConfig
+from seglab.callbacks import EmbedConfig, wandb_callbacks, wandb_resume
 from seglab.compare import log_hparams
 from seglab.utils.checkpoint import load_weights
 from seglab.utils.config import run_config, task_overrides
@@ -76,7 +76,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if ckpt_path is not None and str(ckpt_path) not in _LIGHTNING_CKPT_NAMES:
         _check_resume(model, str(ckpt_path))
     callbacks = [*build_list(cfg.get("callbacks"), "callbacks"), EmbedConfig(saved_config(cfg))]
+    # W&B: a resumed run continues the checkpoint's W&B run; the summary keeps the best value
+    wandb_resume(cfg.get("logger"), ckpt_path)
     loggers = build_list(cfg.get("logger"), "logger")
+    callbacks += wandb_callbacks(loggers)
     if not loggers:  # Lightning refuses a learning-rate monitor without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     summary = {}

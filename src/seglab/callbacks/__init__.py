@@ -1,6 +1,8 @@
 """Lightning callbacks of seglab."""
 
 from seglab.callbacks.config import CONFIG_KEY, EmbedConfig
+from seglab.callbacks.visuals import Visuals
+from seglab.callbacks.wandb_run import WANDB_RUN_KEY, WandbRun, wandb_callbacks, wandb_resume
 from seglab.callbacks.writers import (
     CocoResultsWriter,
     PredictionWriter,
@@ -10,9 +12,14 @@ from seglab.callbacks.writers import (
 
 __all__ = [
     "CONFIG_KEY",
+    "WANDB_RUN_KEY",
     "CocoResultsWriter",
     "EmbedConfig",
     "PredictionWriter",
     "SemanticMaskWriter",
+    "Visuals",
+    "WandbRun",
     "output_stem",
+    "wandb_callbacks",
+    "wandb_resume",
 ]

@@ -26,7 +26,7 @@ from seglab.export import detections_to_coco
 from seglab.utils.io import atomic_write_bytes
 
 __all__ = ["CocoPanopticWriter", "CocoResultsWriter", "PredictionWriter", "SemanticMaskWriter",
-           "output_stem", "segment_ids_to_rgb"]  # fmt: skip
+           "class_overlay", "output_stem", "panoptic_overlay", "segment_ids_to_rgb"]  # fmt: skip
 
 # "name[page 3]": a page or frame of a multi-image file (ISBI's TIFF stacks name slices so)
 _QUALIFIED = re.compile(r"^(?P<path>.*?)(?P<qualifier>\[[^\[\]]*\])?$")
@@ -65,6 +65,38 @@ def _png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _rgb(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, C) pixels as (H, W, 3): a grey or other non-RGB image repeats its first channel."""
+    return pixels if pixels.shape[-1] == 3 else np.repeat(pixels[..., :1], 3, axis=2)
+
+
+def class_overlay(
+    pixels: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float
+) -> np.ndarray:
+    """``pixels`` (H, W, C) on the 0..255 scale blended with the colour (``colours`` (K, 3)) of
+    each pixel's class (``labels`` (H, W), clipped to 0..K-1), weighted ``alpha``: (H, W, 3)
+    uint8."""
+    classes = np.asarray(colours)[labels.clip(0, len(colours) - 1)]
+    blend = (1 - alpha) * _rgb(pixels) + alpha * classes
+    return blend.round().astype(np.uint8)
+
+
+def panoptic_overlay(
+    pixels: np.ndarray, panoptic: np.ndarray, colours: np.ndarray, alpha: float
+) -> np.ndarray:
+    """``pixels`` (H, W, C) on the 0..255 scale blended with each segment's class colour
+    (``panoptic`` (H, W, 2) = (class, instance id); void, class 0, left as it is), things lighter
+    or darker per instance: (H, W, 3) uint8."""
+    classes, instances = panoptic[..., 0], panoptic[..., 1]
+    colours = np.asarray(colours, np.float32)[classes.clip(0, len(colours) - 1)]
+    # instances of one class: shades apart, so touching objects stay distinguishable
+    shade = np.where(instances > 0, 0.7 + 0.6 * ((instances * 0.618) % 1.0), 1.0)
+    colours = (colours * shade[..., None]).clip(0, 255)
+    weight = np.where(classes > 0, alpha, 0.0)[..., None]
+    blend = (1 - weight) * _rgb(pixels) + weight * colours
+    return blend.round().astype(np.uint8)
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -184,12 +216,8 @@ class SemanticMaskWriter(PredictionWriter):
             mask_path, *overlay_path = self.claim(name)
             self.write_file(mask_path, _png_bytes(self._mask_image(labels[i])))
             if overlay_path:
-                rgb = pixels[i] if pixels.shape[-1] == 3 else np.repeat(pixels[i][..., :1], 3, 2)
-                colours = self.colours[labels[i].clip(0, len(self.colours) - 1)]
-                blend = (1 - self.alpha) * rgb + self.alpha * colours
-                self.write_file(
-                    overlay_path[0], _png_bytes(Image.fromarray(blend.round().astype(np.uint8)))
-                )
+                blend = class_overlay(pixels[i], labels[i], self.colours, self.alpha)
+                self.write_file(overlay_path[0], _png_bytes(Image.fromarray(blend)))
 
     def _mask_image(self, labels: np.ndarray) -> Image.Image:
         if self.png_palette is None:  # more than 256 classes: a 32-bit grey PNG
@@ -426,16 +454,7 @@ class CocoPanopticWriter(PredictionWriter):
 
     def _overlay(self, image: torch.Tensor, panoptic: np.ndarray) -> Image.Image:
         pixels = image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255
-        if pixels.shape[-1] != 3:
-            pixels = np.repeat(pixels[..., :1], 3, axis=2)
-        classes, instances = panoptic[..., 0], panoptic[..., 1]
-        colours = self.colours[classes.clip(0, len(self.colours) - 1)]
-        # instances of one class: shades apart, so touching objects stay distinguishable
-        shade = np.where(instances > 0, 0.7 + 0.6 * ((instances * 0.618) % 1.0), 1.0)
-        colours = (colours * shade[..., None]).clip(0, 255)
-        alpha = np.where(classes > 0, self.alpha, 0.0)[..., None]
-        blend = (1 - alpha) * pixels + alpha * colours
-        return Image.fromarray(blend.round().astype(np.uint8))
+        return Image.fromarray(panoptic_overlay(pixels, panoptic, self.colours, self.alpha))
 
     def write_on_epoch_end(
         self,

@@ -14,8 +14,8 @@ class SemanticMetrics(MulticlassConfusionMatrix):
     One (K, K) sum state, so DDP sync and accumulation over batches are exact. ``compute``
     returns ``pixel_acc`` (labelled pixels predicted correctly), ``iou`` (K,) with NaN for
     classes absent from both prediction and target, and ``miou`` (mean over the non-NaN
-    classes, as mmsegmentation does). ``update(preds, target)`` takes class indices (N, H, W)
-    or logits (N, K, H, W).
+    classes, as mmsegmentation does) and ``confmat`` (K, K), the synced counts (rows: the true
+    class). ``update(preds, target)`` takes class indices (N, H, W) or logits (N, K, H, W).
     """
 
     def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
@@ -44,4 +44,9 @@ class SemanticMetrics(MulticlassConfusionMatrix):
         iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
         total = cm.sum()
         pixel_acc = tp.sum() / total if total > 0 else torch.tensor(float("nan"), dtype=cm.dtype)
-        return {"pixel_acc": pixel_acc.float(), "miou": iou.nanmean().float(), "iou": iou.float()}
+        return {
+            "pixel_acc": pixel_acc.float(),
+            "miou": iou.nanmean().float(),
+            "iou": iou.float(),
+            "confmat": self.confmat.clone(),
+        }

@@ -47,6 +47,9 @@ class SegmentationTask(L.LightningModule):
     torchmetrics, so every rank logs the same values. ``log_prefix`` is ``""`` except while
     ``seglab.train.train`` validates or tests the best checkpoint after fitting (``"best/"``), so
     that those scores do not read as one more epoch of ``val/...``.
+    Tasks with a ``SemanticMetrics`` keep its last values of each stage in
+    ``self.semantic_results[stage]`` (``confmat``, ``iou``, ...), for callbacks that draw them
+    after the reset (``seglab.callbacks.Visuals``).
 
     Args:
         net: the network, exposed as ``self.net``.
@@ -85,6 +88,7 @@ class SegmentationTask(L.LightningModule):
         # epoch means of the training losses by name (log_train); a plain dict, not submodules:
         # nothing of a checkpoint, and created on the losses' device
         self.train_means: dict[str, MeanMetric] = {}
+        self.semantic_results: dict[str, dict[str, torch.Tensor]] = {}
 
     def add_stage_metric(
         self, name: str, stages: Iterable[str], build: Callable[[], nn.Module]

@@ -139,5 +139,6 @@ class PanopticSegmentationTask(InstanceSegmentationTask):
             for key in ("pq", "sq", "rq"):
                 logs[f"{key}{group}"] = values[f"{key}{group}"].float()
         semantic = self.stage_metrics[stage]["semantic"].compute()
+        self.semantic_results[stage] = semantic
         logs["miou"], logs["pixel_acc"] = semantic["miou"], semantic["pixel_acc"]
         return logs

@@ -219,6 +219,7 @@ class SemanticSegmentationTask(SegmentationTask):
     def epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
         metrics = self.stage_metrics[stage]
         values = metrics["metrics"].compute()
+        self.semantic_results[stage] = values
         logs = {"pixel_acc": values["pixel_acc"]}
         if "pixel_error" in self.extra_metrics:
             logs["pixel_error"] = 1 - values["pixel_acc"]

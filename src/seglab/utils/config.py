@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
@@ -55,6 +56,32 @@ def _by_task(task: str, semantic: object, instance: object, panoptic: object) ->
     if task not in choices:
         raise ValueError(f"task={task!r}: expected one of {list(choices)}")
     return choices[task]
+
+
+def _hydra_choices() -> tuple[dict[str, Any], Any]:
+    """The run's config-group choices and Hydra config ({} and None outside a Hydra run)."""
+    if not HydraConfig.initialized():
+        return {}, None
+    hydra = HydraConfig.get()
+    return dict(hydra.runtime.choices), hydra
+
+
+def _run_group() -> str:
+    """``${run_group:}``: the W&B group of a run: the ``experiment=`` chosen, else the sweep
+    folder's name in a multirun, else ""."""
+    choices, hydra = _hydra_choices()
+    if choices.get("experiment"):
+        return str(choices["experiment"])
+    if hydra is not None and hydra.mode == RunMode.MULTIRUN:
+        return Path(hydra.sweep.dir).name
+    return ""
+
+
+def _run_tags(tags: list | None = None) -> list[str]:
+    """``${run_tags:${tags}}``: the model and data chosen, then ``tags``, each once."""
+    choices, _ = _hydra_choices()
+    found = [choices.get("model"), choices.get("data"), *(tags or [])]
+    return list(dict.fromkeys(str(t) for t in found if t))
 
 
 def _dataset(key: str, *, _parent_: DictConfig) -> Any:
@@ -138,8 +165,9 @@ def register_resolvers() -> None:
 
     ``${seglab_root:}`` project root, ``${no_env:NAME}`` true when $NAME is unset or empty,
     ``${len:LIST}``, ``${concat:LIST,LIST,...}``, ``${by_task:TASK,SEMANTIC,INSTANCE,PANOPTIC}``,
-    ``${dataset:KEY}`` (a data config's declared default of KEY) and
-    ``${run_name:MODEL,DATA,OVERRIDES}`` (``make_run_name``).
+    ``${dataset:KEY}`` (a data config's declared default of KEY),
+    ``${run_name:MODEL,DATA,OVERRIDES}`` (``make_run_name``), ``${run_group:}`` and
+    ``${run_tags:LIST}`` (a run's W&B group and tags).
     """
     resolvers = {
         "seglab_root": lambda: str(project_root()),
@@ -149,6 +177,8 @@ def register_resolvers() -> None:
         "by_task": _by_task,
         "dataset": _dataset,
         "run_name": lambda model, data, overrides: make_run_name(model, data, list(overrides)),
+        "run_group": _run_group,
+        "run_tags": _run_tags,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
