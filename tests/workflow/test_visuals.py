@@ -118,7 +118,8 @@ def test_semantic_visuals_in_files_tensorboard_and_wandb(tmp_path):
 
     records = list(wandb_records(offline / f"run-{wandb_logger.version}.wandb"))
     (start,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
-    assert start.display_name == cfg.run_name == "unet_small-shapes"
+    assert start.display_name == cfg.run_name
+    assert cfg.run_name.startswith("unet_small-shapes-")  # then the test's overrides
     assert start.job_type == "semantic" and start.run_group == ""
     assert list(start.tags) == ["unet_small", "shapes", "dev"]
     summary = {}
@@ -156,7 +157,7 @@ def test_resolved_config_reaches_the_wandb_run(tmp_path):
     }
     assert config["model"]["net"]["_target_"] == "seglab.models.UNet"
     assert (
-        config["run_name"] == "unet_small-shapes" and config["optimizer"]["lr"] == cfg.optimizer.lr
+        config["run_name"] == cfg.run_name and config["optimizer"]["lr"] == cfg.optimizer.lr
     )
 
 

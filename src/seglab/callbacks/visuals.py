@@ -313,16 +313,16 @@ class Visuals(L.Callback):
         colours: np.ndarray,
         datamodule: Any,
     ) -> list[Picture]:
-        images = torch.stack([item["image"] for item in items]).to(task.device)
-        logits = task.infer(images)
-        predictions = logits.max(dim=1).indices.cpu().numpy()
-        size = tuple(logits.shape[-2:])  # an unpadded net's smaller output: its centre window
         mean = np.asarray(getattr(datamodule, "mean", None) or [], np.float32)
         std = np.asarray(getattr(datamodule, "std", None) or [], np.float32)
         labels = {i: name for i, name in enumerate(task.class_names)}
         labels[task.ignore_index] = "ignored"
         pictures = []
-        for item, prediction in zip(items, predictions):
+        for item in items:
+            # one image at a time: validation images may differ in size (VOC, DSB, ...)
+            logits = task.infer(item["image"][None].to(task.device))
+            prediction = logits[0].argmax(dim=0).cpu().numpy()
+            size = tuple(logits.shape[-2:])  # an unpadded net's smaller output: its centre window
             pixels = _unnormalise(crop_to(item["image"], size), mean, std)
             truth = crop_to(item["mask"], size).numpy()
             known = (truth >= 0) & (truth < len(task.class_names))

@@ -60,6 +60,11 @@ def wandb_callbacks(loggers: Sequence[Logger]) -> list[L.Callback]:
     found = [logger for logger in loggers if isinstance(logger, WandbLogger)]
     if not found:
         return []
+    for logger in found:
+        # Lightning passes anonymous=None to wandb.init whatever the user set; wandb >= 0.19
+        # warns that the setting has no effect whenever it is passed at all
+        if logger._wandb_init.get("anonymous", "allow") is None:
+            del logger._wandb_init["anonymous"]
     import wandb
 
     if wandb.run is not None and wandb.run.id in _FOLLOWED:
