@@ -156,9 +156,7 @@ def test_resolved_config_reaches_the_wandb_run(tmp_path):
         for u in r.config.update
     }
     assert config["model"]["net"]["_target_"] == "seglab.models.UNet"
-    assert (
-        config["run_name"] == cfg.run_name and config["optimizer"]["lr"] == cfg.optimizer.lr
-    )
+    assert config["run_name"] == cfg.run_name and config["optimizer"]["lr"] == cfg.optimizer.lr
 
 
 def test_wandb_group_is_the_experiment_else_the_sweep(compose_cfg):
