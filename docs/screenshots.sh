@@ -32,7 +32,7 @@ sweep=$(ls -d "$work"/logs/train/multiruns/*/)
 
 "$PYTHON" src/compare.py "$sweep" --title "python src/compare.py: optimizer.lr sweep" \
     --output "$work/report/compare.html"
-shoot "file://$work/report/compare.html" docs/compare_report.png 1280,1500
+shoot "file://$work/report/compare.html" docs/compare_report.png 1280,2700
 
 "$PYTHON" -m tensorboard.main --logdir "$sweep" --host 127.0.0.1 --port "$PORT" \
     >"$work/tensorboard.out" 2>&1 &
