@@ -99,6 +99,8 @@ def test_torchrun_two_nodes_one_run_folder(tmp_path):
     on 1 (each rank has its own batch-norm statistics and half the batches), so what is
     compared is the evaluation: the best checkpoint validated by the 2 nodes (4 images, 2 per
     rank, nothing padded) must score what ``evaluate`` (eval.py) scores on it in one process.
+    The training itself is compared with the same 2 ranks started on one machine
+    (``trainer=ddp_cpu``): every fit and val metric must agree.
     """
     logs = tmp_path / "logs"
     run_dir = logs / "two_nodes"
@@ -129,9 +131,23 @@ def test_torchrun_two_nodes_one_run_folder(tmp_path):
         assert node.returncode == 0, output[-3000:]
         assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in output  # a 2-process world
 
-    assert [p.name for p in logs.iterdir()] == ["two_nodes"]
+    assert [p.name for p in logs.iterdir()] == ["two_nodes"]  # nothing else
     trained = json.loads((run_dir / "metrics.json").read_text())
     assert trained["best_checkpoint"].startswith(str(run_dir))
+
+    # the same 2-rank training started on one machine (trainer=ddp_cpu, Lightning's own
+    # launcher): the multi-node launch changes nothing of the computation
+    one_machine = tmp_path / "one_machine"
+    result = run_cli(
+        "train.py", "trainer=ddp_cpu", f"hydra.run.dir={one_machine}", f"paths.log_dir={logs}",
+        *TINY,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    local = json.loads((one_machine / "metrics.json").read_text())
+    for stage in ("fit", "val"):
+        assert local[stage].keys() == trained[stage].keys()
+        for key, value in local[stage].items():
+            assert trained[stage][key] == pytest.approx(value, rel=1e-6, abs=1e-7), (stage, key)
 
     ckpt = f"ckpt_path={trained['best_checkpoint']}"
     single = evaluate(compose_config("eval", [ckpt, "trainer=cpu"], tmp_path / "single"))[0]["val"]

@@ -237,7 +237,7 @@ def test_bad_settings_name_the_key(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["maskrcnn", "panoptic_fpn"])
 def test_instance_and_panoptic_overlays(tmp_path, model, small_maskrcnn_overrides):
-    cfg, *_ = run_train(
+    cfg, _, objects = run_train(
         tmp_path,
         [
             f"model={model}",
@@ -254,8 +254,26 @@ def test_instance_and_panoptic_overlays(tmp_path, model, small_maskrcnn_override
             "callbacks.visuals.num_images=2",
             "callbacks.visuals.score_threshold=0.0",
             "validate=false",
+            "logger=wandb",
         ],
     )
+    # W&B: both overlays, each with prediction and ground truth boxes and class-labelled masks
+    offline = offline_run(Path(cfg.paths.output_dir))
+    (logger,) = objects["trainer"].loggers
+    logged = {  # the history's val/predictions entry, one item per field
+        item.nested_key[1]: json.loads(item.value_json)
+        for record in wandb_records(offline / f"run-{logger.version}.wandb")
+        if record.WhichOneof("record_type") == "history"
+        for item in record.history.item
+        if list(item.nested_key[:1]) == ["val/predictions"]
+    }
+    assert logged["count"] == 2 and logged["captions"] == ["000000", "000001"]
+    assert len(logged["all_masks"]) == len(logged["all_boxes"]) == 2
+    for masks, boxes in zip(logged["all_masks"], logged["all_boxes"]):
+        assert set(masks) == {"prediction", "ground_truth"}
+        assert set(boxes) == {"predictions", "ground_truth"}
+    boxes = sorted((offline / "files" / "media" / "metadata" / "boxes2D" / "val").glob("*.json"))
+    assert any(json.loads(b.read_text())["box_data"] for b in boxes)  # ground truth objects
     folder = Path(cfg.paths.output_dir) / "visuals" / "epoch_000"
     overlays = sorted(p.name for p in folder.glob("0*.png"))
     assert overlays == ["00_000000.png", "01_000001.png"], overlays
