@@ -79,9 +79,14 @@ def compose_config(
     return cfg
 
 
-def run_cli(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``src/<script>`` with ``args`` in a fresh process (one OpenMP thread, warnings off)."""
+def run_cli(
+    script: str, *args: str, timeout: int = 600, warnings: bool = False
+) -> subprocess.CompletedProcess:
+    """Run ``src/<script>`` with ``args`` in a fresh process (one OpenMP thread); Python warnings
+    off unless ``warnings`` (for the tests that check there are none)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    if warnings:
+        env.pop("PYTHONWARNINGS")
     return subprocess.run(
         [sys.executable, str(ROOT / "src" / script), *args],
         capture_output=True,

@@ -7,8 +7,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import torch
 from hydra.errors import ConfigCompositionException, InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from PIL import Image
-from support import compose_config, require_data
+from support import compose_config, require_data, run_cli
 
 from seglab.eval import evaluate
 from seglab.predict import predict
@@ -26,7 +24,6 @@ from seglab.train import train
 from seglab.utils.instantiate import build_datamodule, build_task, saved_config
 from seglab.utils.io import atomic_write_bytes, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
 CALLBACK_WARNING = "Be aware that when using `ckpt_path`"
 
 
@@ -181,17 +178,11 @@ def test_eval_reproduces_without_callback_warning(run, compose_cfg, tmp_path):
 
 def test_eval_cli_is_quiet_and_predict_cli_names_output(run, tmp_path):
     """Through the command line: no callback warning for eval; predict's error reaches stderr."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("PYTHONWARNINGS", None)
     ckpt = run[0] / "checkpoints" / "last.ckpt"
-    result = subprocess.run(
-        [sys.executable, "src/eval.py", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=300,
-    )
+    result = run_cli(
+        "eval.py", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}", timeout=300,
+        warnings=True,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert CALLBACK_WARNING not in result.stdout + result.stderr
     assert "val/miou" in json.loads((tmp_path / "eval" / "metrics.json").read_text())["val"]
@@ -199,19 +190,12 @@ def test_eval_cli_is_quiet_and_predict_cli_names_output(run, tmp_path):
     save_images(tmp_path / "in", "a.png")
     target = tmp_path / "taken.png"
     target.write_bytes(b"an earlier result")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "src/predict.py",
-            f"ckpt_path={ckpt}",
-            f"input={tmp_path / 'in'}",
-            f"output={target}",
-            f"hydra.run.dir={tmp_path / 'predict'}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
+    result = run_cli(
+        "predict.py",
+        f"ckpt_path={ckpt}",
+        f"input={tmp_path / 'in'}",
+        f"output={target}",
+        f"hydra.run.dir={tmp_path / 'predict'}",
         timeout=300,
     )
     assert result.returncode != 0

@@ -6,15 +6,12 @@ the run folder and the best checkpoint."""
 from __future__ import annotations
 
 import csv
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from support import ROOT, run_cli
+from support import run_cli
 
 from seglab.train import train
 from seglab.utils.config import RUN_NAME_MAX, make_run_name
@@ -155,24 +152,16 @@ ALLOWED: tuple[str, ...] = ()
 def test_default_job_console_is_clean_and_ends_with_the_run(trainer, tmp_path):
     """`python src/train.py` (tiny): no warning outside ALLOWED, and the last line says where the
     run folder and the best checkpoint are."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("PYTHONWARNINGS", None)  # run_cli hides warnings; this test must see them
-    result = subprocess.run(
-        [
-            sys.executable,
-            "src/train.py",
-            f"trainer={trainer}",
-            "trainer.max_epochs=1",
-            "data.num_samples={train: 8, val: 5, test: 3}",
-            "data.image_size=32",
-            "data.batch_size=4",
-            f"paths.log_dir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
+    result = run_cli(
+        "train.py",
+        f"trainer={trainer}",
+        "trainer.max_epochs=1",
+        "data.num_samples={train: 8, val: 5, test: 3}",
+        "data.image_size=32",
+        "data.batch_size=4",
+        f"paths.log_dir={tmp_path}",
         timeout=300,
+        warnings=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = (result.stdout + result.stderr).splitlines()
