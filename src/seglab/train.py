@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -28,6 +27,7 @@ from seglab.utils.instantiate import (
 )
 from seglab.utils.io import load_checkpoint, move_aside, write_json
 from seglab.utils.memory import tune_malloc
+from seglab.utils.safe_load import TRUST_KEY, read_torch_file
 
 __all__ = ["train"]
 
@@ -73,11 +73,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule = build_datamodule(cfg.data)
     model = build_task(cfg, datamodule)
     ckpt_path = cfg.get("ckpt_path")
+    trust = bool(cfg.get(TRUST_KEY, False))  # load checkpoints in full, not as data only
     if ckpt_path is not None and str(ckpt_path) not in _LIGHTNING_CKPT_NAMES:
-        _check_resume(model, str(ckpt_path))
+        _check_resume(model, str(ckpt_path), trust)
     callbacks = [*build_list(cfg.get("callbacks"), "callbacks"), EmbedConfig(saved_config(cfg))]
     # W&B: a resumed run continues the checkpoint's W&B run; the summary keeps the best value
-    wandb_resume(cfg.get("logger"), ckpt_path)
+    wandb_resume(cfg.get("logger"), ckpt_path, trust=trust)
     loggers = build_list(cfg.get("logger"), "logger")
     callbacks += wandb_callbacks(loggers)
     if not loggers:  # Lightning refuses a learning-rate monitor without a logger
@@ -95,15 +96,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         for logger in trainer.loggers:
             logger.log_hyperparams(params)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trust)
     metrics: dict[str, Any] = {"fit": _scalars(trainer.callback_metrics)}
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt = best if best else None
     if cfg.get("validate", True):
-        metrics["val"] = _score_best(trainer.validate, model, datamodule, ckpt)
+        metrics["val"] = _score_best(trainer.validate, model, datamodule, ckpt, trust)
     if cfg.get("test", False):
-        metrics["test"] = _score_best(trainer.test, model, datamodule, ckpt)
+        metrics["test"] = _score_best(trainer.test, model, datamodule, ckpt, trust)
     metrics["best_checkpoint"] = best or None
     metrics["monitor"] = _monitor_summary(cfg, trainer)
     metrics["epochs"] = trainer.current_epoch
@@ -128,21 +129,23 @@ def _score_best(
     model: L.LightningModule,
     datamodule: L.LightningDataModule,
     ckpt: str | None,
+    trust: bool = False,
 ) -> dict[str, float]:
     """``run`` (``trainer.validate`` or ``trainer.test``) on ``ckpt``, its metrics logged under
-    ``best/`` and returned without it."""
+    ``best/`` and returned without it; ``ckpt`` is read as data only unless ``trust``."""
     model.log_prefix = BEST_PREFIX
     try:
-        scores = run(model, datamodule=datamodule, ckpt_path=ckpt)[0]
+        scores = run(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=not trust)[0]
     finally:
         model.log_prefix = ""
     return {name.removeprefix(BEST_PREFIX): value for name, value in scores.items()}
 
 
-def _check_resume(model: L.LightningModule, ckpt_path: str) -> None:
+def _check_resume(model: L.LightningModule, ckpt_path: str, trust: bool = False) -> None:
     """Fail with the file named, before fitting writes anything, when ``ckpt_path`` cannot
-    resume this run: unreadable, weights of another model, or no training state."""
-    checkpoint = load_checkpoint(ckpt_path)
+    resume this run: unreadable, not plain data (unless ``trust``), weights of another model,
+    or no training state."""
+    checkpoint = load_checkpoint(ckpt_path, trust=trust)
     load_weights(
         model,
         checkpoint,
@@ -170,8 +173,11 @@ def _monitor_summary(cfg: DictConfig, trainer: L.Trainer) -> dict[str, Any]:
     best_epoch = None
     if callback.best_model_path and Path(callback.best_model_path).is_file():
         # mmap: only the pickled header is read, not the weights
-        checkpoint = torch.load(
-            callback.best_model_path, map_location="cpu", mmap=True, weights_only=False
+        checkpoint = read_torch_file(
+            callback.best_model_path,
+            f"the best checkpoint {callback.best_model_path!r}",
+            trust=bool(cfg.get(TRUST_KEY, False)),
+            mmap=True,
         )
         best_epoch = checkpoint.get("epoch")
         if score is None:  # resumed from another folder: Lightning reloads only the path

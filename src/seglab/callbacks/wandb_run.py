@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, open_dict
+
+from seglab.utils.safe_load import read_torch_file
 
 __all__ = ["WANDB_RUN_KEY", "WandbRun", "wandb_callbacks", "wandb_resume"]
 
@@ -72,9 +73,12 @@ def wandb_callbacks(loggers: Sequence[Logger]) -> list[L.Callback]:
     return [WandbRun(found[0])]
 
 
-def wandb_resume(logger_cfg: DictConfig | None, ckpt_path: str | Path | None) -> str | None:
+def wandb_resume(
+    logger_cfg: DictConfig | None, ckpt_path: str | Path | None, *, trust: bool = False
+) -> str | None:
     """Set each ``WandbLogger`` entry of ``logger_cfg`` (in place) to continue the W&B run whose
     id ``ckpt_path`` stores (``id``, ``resume: allow``), unless the entry sets its own ``id``.
+    The file is read as data only unless ``trust`` (``seglab.utils.safe_load``).
 
     Returns the run id continued (None: no checkpoint, no W&B logger or no stored id).
     """
@@ -90,7 +94,7 @@ def wandb_resume(logger_cfg: DictConfig | None, ckpt_path: str | Path | None) ->
     if not entries:
         return None
     # mmap: the weights stay on disk; only the small entries are read
-    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+    checkpoint = read_torch_file(ckpt_path, f"ckpt_path={str(ckpt_path)!r}", trust=trust, mmap=True)
     run_id = checkpoint.get(WANDB_RUN_KEY) if isinstance(checkpoint, dict) else None
     if not run_id:
         return None

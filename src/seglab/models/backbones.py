@@ -16,6 +16,8 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models._utils import IntermediateLayerGetter
 
+from seglab.utils.safe_load import read_torch_file
+
 __all__ = [
     "ResNetFeatures",
     "adapt_first_conv",
@@ -44,7 +46,8 @@ def weights_path(arch: str, weights: str | Path) -> Path:
 
 
 def read_weights(arch: str, weights: str | Path) -> tuple[Path, dict[str, torch.Tensor]]:
-    """The path and state dict of ``weights`` for ``arch``, read from a local file only."""
+    """The path and state dict of ``weights`` for ``arch``, read from a local file only, as data
+    (``seglab.utils.safe_load.read_torch_file``: ``trust_checkpoint`` loads other files)."""
     path = weights_path(arch, weights)
     if not path.is_file():
         enum = _ARCHS[arch][1]
@@ -55,7 +58,7 @@ def read_weights(arch: str, weights: str | Path) -> tuple[Path, dict[str, torch.
             f"backbone_weights={str(weights)!r}: {arch} weights file not found at {path}{hint}; "
             "seglab never downloads weights"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_torch_file(path, f"backbone_weights={str(weights)!r} ({path})")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -17,6 +17,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from seglab.utils.safe_load import UntrustedFileError, read_torch_file
+
 __all__ = ["BACKBONES", "MaskRCNN", "backbone_training"]
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,9 @@ def _read_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:
             f"state-dict file there or set model.net.{key}=null to train from scratch)"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_torch_file(path, f"model.net.{key}={str(path)!r}")
+    except UntrustedFileError:
+        raise
     except Exception as err:
         raise ValueError(
             f"model.net.{key}={str(path)!r} is not a readable state dict ({err})"

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from seglab.callbacks.config import CONFIG_KEY
 from seglab.utils.config import upgrade_data_config
 from seglab.utils.io import load_checkpoint
+from seglab.utils.safe_load import TRUST_KEY, check_config_targets
 
 __all__ = ["check_model_fits_data", "config_from_checkpoint", "load_weights"]
 
@@ -32,10 +33,15 @@ def config_from_checkpoint(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]
     ``cfg``. The saved ``data`` is upgraded to today's keys (``upgrade_data_config``). Returns
     the merged config and the loaded checkpoint.
 
+    The file is read as data only and its config may only name the ``_target_`` classes of the
+    project's ``conf/`` tree, unless ``cfg.trust_checkpoint`` (``seglab.utils.safe_load``).
+
     Raises:
         ValueError / FileNotFoundError / IsADirectoryError: naming ``ckpt_path`` when it is
             unset or not a readable seglab checkpoint, or when the chosen ``data`` cannot feed
             the checkpoint's model (see ``check_model_fits_data``).
+        UntrustedFileError: when the file holds code or objects that are not plain data, and
+            ``trust_checkpoint`` is not set.
     """
     ckpt_path = OmegaConf.select(cfg, "ckpt_path", throw_on_missing=False)
     if not ckpt_path:
@@ -43,17 +49,21 @@ def config_from_checkpoint(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]
             f"ckpt_path={ckpt_path!r}: required; expected ckpt_path=PATH/TO/FILE.ckpt "
             "(a checkpoint written by seglab's train)"
         )
-    checkpoint = load_checkpoint(ckpt_path)
+    trust = bool(cfg.get(TRUST_KEY, False))
+    checkpoint = load_checkpoint(ckpt_path, trust=trust)
     saved = checkpoint.get(CONFIG_KEY)
     if saved is None and (cfg.get("model") is None or cfg.get("data") is None):
         raise ValueError(
             f"ckpt_path={ckpt_path!r} carries no seglab config (not written by "
             "seglab's train): choose model=... and data=... on the command line"
         )
+    chosen = {k: cfg[k] for k in ("model", "data") if cfg.get(k) is not None}
+    if isinstance(saved, dict):  # what is built from it must be seglab's own classes
+        used = {k: v for k, v in saved.items() if k not in chosen}
+        check_config_targets(used, f"ckpt_path={str(ckpt_path)!r}", trust=trust)
     base = OmegaConf.create(saved or {})
     if base.get("data") is not None:
         upgrade_data_config(base.data)  # weight_map: true / false of older checkpoints
-    chosen = {k: cfg[k] for k in ("model", "data") if cfg.get(k) is not None}
     merged = OmegaConf.merge(base, OmegaConf.masked_copy(cfg, [k for k in cfg if k not in chosen]))
     for key, node in chosen.items():
         merged[key] = node

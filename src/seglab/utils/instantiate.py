@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from seglab.utils.safe_load import TRUST_KEY, trust_checkpoints
+
 __all__ = ["build_datamodule", "build_list", "build_task", "build_trainer", "saved_config"]
 
 
@@ -44,7 +46,8 @@ def build_task(
         extra["class_names"] = list(datamodule.class_names)
     if datamodule is not None and getattr(datamodule, "extra_metrics", None):
         extra["extra_metrics"] = list(datamodule.extra_metrics)
-    return hydra.utils.instantiate(model_cfg, **extra, _convert_="all")
+    with trust_checkpoints(bool(cfg.get(TRUST_KEY, False))):  # the net's weights files
+        return hydra.utils.instantiate(model_cfg, **extra, _convert_="all")
 
 
 # words of torch.optim's argument checks -> the optimizer key they are about

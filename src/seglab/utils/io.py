@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from seglab.utils.safe_load import UntrustedFileError, read_torch_file
+
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
@@ -102,9 +104,17 @@ def move_aside(path: str | Path) -> Path | None:
     return target
 
 
-def load_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> dict[str, Any]:
-    """Load a Lightning checkpoint on the CPU, with an error naming ``key`` and the file when it
-    is missing, a folder, empty, truncated, not a checkpoint or without a ``state_dict``."""
+def load_checkpoint(
+    path: str | Path | None, key: str = "ckpt_path", *, trust: bool = False
+) -> dict[str, Any]:
+    """Load a Lightning checkpoint on the CPU as data only, with an error naming ``key`` and the
+    file when it is missing, a folder, empty, truncated, not a checkpoint or without a
+    ``state_dict``.
+
+    A checkpoint holding anything but plain data (tensors, numbers, strings, lists, dicts) is
+    refused before any of its code runs (``seglab.utils.safe_load.UntrustedFileError``), unless
+    ``trust`` (the config's ``trust_checkpoint=true``): then it loads in full, with a warning.
+    """
     expected = "expected a .ckpt file written by seglab's train (checkpoints/last.ckpt or the best)"
     if path is None or str(path) == "":
         raise ValueError(f"{key} is not set; {expected}")
@@ -119,7 +129,9 @@ def load_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> dict[str
     if path.stat().st_size == 0:
         raise ValueError(f"{where}: the file is empty (0 bytes); {expected}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = read_torch_file(path, where, trust=trust)
+    except UntrustedFileError:
+        raise
     except Exception as err:
         reason = str(err).split(". ")[0]  # torch's zip-reader errors run on for several lines
         raise ValueError(
