@@ -45,7 +45,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit ``cfg.model`` on ``cfg.data``, then validate (and test) the best checkpoint.
 
     With ``cfg.ckpt_path`` set, fitting resumes from that checkpoint, which is checked (readable,
-    weights of this model, training state present) before anything is written. A
+    plain data unless ``cfg.trust_checkpoint``, weights of this model, training state present)
+    before anything is written. A
     ``metrics.json`` already in the run folder (a reused folder) is moved aside first, so that a
     failed run never leaves an earlier run's metrics looking like its own.
 
