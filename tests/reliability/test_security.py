@@ -16,7 +16,7 @@ import pytest
 import torch
 import torchvision
 from omegaconf import OmegaConf
-from support import CONF, SMALL_MASKRCNN, run_cli
+from support import CONF, QUICK_TRAIN, SMALL_MASKRCNN, run_cli
 
 from seglab.callbacks import wandb_resume
 from seglab.models import MaskRCNN, PanopticFPN
@@ -98,19 +98,28 @@ def test_train_and_predict_refuse_a_checkpoint_that_runs_code(crafted, compose_c
     assert not marker.exists() and not out.exists()
 
 
-def test_resume_from_a_run_folder_refuses_a_crafted_last_checkpoint(compose_cfg, tmp_path):
+def test_resume_of_a_run_folder_refuses_a_crafted_last_checkpoint(tmp_path):
+    """``python src/train.py resume=RUN_DIR`` resumes the folder's ``checkpoints/last.ckpt`` with
+    its ``.hydra/overrides.yaml``; a crafted one is refused and left as it was."""
     if "resume" not in OmegaConf.load(CONF / "train.yaml"):
         pytest.skip("no resume= key in conf/train.yaml yet (the resume work adds it)")
     run = tmp_path / "earlier"
     (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(QUICK_TRAIN), run / ".hydra" / "overrides.yaml")
     marker = tmp_path / "marker"
     checkpoint = _seglab_checkpoint()
     checkpoint["payload"] = _RunsCommand(marker)
-    torch.save(checkpoint, run / "checkpoints" / "last.ckpt")
-    with pytest.raises(UntrustedFileError, match="trust_checkpoint=true") as err:
-        train(compose_cfg("train", [f"resume={run}"]))
-    assert str(run / "checkpoints" / "last.ckpt") in str(err.value)
+    last = run / "checkpoints" / "last.ckpt"
+    torch.save(checkpoint, last)
+    before = last.read_bytes()
+    result = run_cli("train.py", f"resume={run}")
+    assert result.returncode != 0
     assert not marker.exists()
+    lines = [line for line in result.stderr.splitlines() if REFUSED in line]
+    assert lines, result.stderr[-3000:]
+    _assert_refused(lines[-1], "ckpt_path", last)
+    assert last.read_bytes() == before
 
 
 _WANDB = {"wandb": {"_target_": "lightning.pytorch.loggers.WandbLogger"}}
