@@ -9,7 +9,8 @@ file loads in full, with a warning naming it.
 
 A checkpoint's saved config is read as data too: ``check_config_targets`` refuses a ``_target_``
 that none of the project's own configs (``conf/``) names, since instantiating it would call any
-function the file chose.
+function the file chose (Hydra's own target policy blocks a list of known-dangerous targets, but
+not, say, ``torch.load`` of another pickle with ``weights_only=False``).
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def read_torch_file(
 
 def check_config_targets(config: Any, where: str, *, trust: bool = False) -> None:
     """Refuse a checkpoint's saved ``config`` (plain dicts and lists) when one of its
-    ``_target_`` values is not a target of the project's own ``conf/`` tree.
+    ``_target_`` values is not a target of the project's own configs (``conf/`` and the Hydra
+    job's other config folders).
 
     Instantiating a config calls its targets with its arguments; a crafted file could name
     ``os.system``. With ``trust`` the targets are only logged in a warning.
@@ -116,7 +118,7 @@ def check_config_targets(config: Any, where: str, *, trust: bool = False) -> Non
     found = ", ".join(strange[:_MAX_NAMED]) + (" ..." if len(strange) > _MAX_NAMED else "")
     if not trust:
         raise UntrustedFileError(
-            f"{where}: its saved config names {found}, not a class of seglab's conf/ tree; "
+            f"{where}: its saved config builds {found}, a target no config in conf/ uses; "
             f"refused, as building it could run any code. If you trust this file and where it "
             f"came from, add {TRUST_KEY}=true"
         )
@@ -136,13 +138,25 @@ def _targets(node: Any, key: str) -> Iterator[tuple[str, Any]]:
             yield from _targets(value, f"{key}[{i}]")
 
 
-@cache
 def _conf_targets() -> frozenset[str]:
-    """Every ``_target_`` written in the project's ``conf/`` YAML files (user configs there too)."""
+    """Every ``_target_`` written in the YAML files of the project's ``conf/`` and of the running
+    Hydra job's other config folders (``hydra.searchpath``): a user's own configs count too."""
+    from hydra.core.hydra_config import HydraConfig
+
     from seglab.utils.config import project_root
 
-    conf = project_root() / "conf"
-    return frozenset(t for p in conf.rglob("*.yaml") for t in _TARGET.findall(p.read_text()))
+    folders = [project_root() / "conf"]
+    if HydraConfig.initialized():
+        sources = HydraConfig.get().runtime.config_sources
+        folders += [Path(s.path) for s in sources if s.schema == "file"]
+    return _targets_in(tuple(dict.fromkeys(f.resolve() for f in folders if f.is_dir())))
+
+
+@cache
+def _targets_in(folders: tuple[Path, ...]) -> frozenset[str]:
+    return frozenset(
+        t for f in folders for p in f.rglob("*.yaml") for t in _TARGET.findall(p.read_text())
+    )
 
 
 def _unsafe_globals(path: str | Path, message: str) -> list[str]:
