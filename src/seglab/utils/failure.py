@@ -62,10 +62,27 @@ def error_line(err: BaseException) -> str:
     from hydra.errors import CompactHydraException
 
     err = _root_cause(err)
-    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    # Hydra's missing-option errors end with the config search path: not the user's to act on
+    text = _joined(str(err).split("\nConfig search path")[0])
     if isinstance(err, CompactHydraException):  # Hydra's config errors are written for users
         return text
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _joined(text: str) -> str:
+    """The lines of ``text`` as one: indented lines (a list of options) joined by commas."""
+    out = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if not out:
+            out = line
+        elif raw[:1].isspace() and not out.endswith(":"):
+            out += f", {line}"
+        else:
+            out += f" {line}" if out.endswith((":", ".", ";", ",")) else f". {line}"
+    return out
 
 
 def mark_quiet(err: BaseException) -> None:
