@@ -23,7 +23,13 @@ from seglab.utils.instantiate import build_trainer
 HERE = Path(__file__).resolve().parent
 # 8 training images in batches of 4: two optimizer steps per epoch
 STEPS_PER_EPOCH = 2
-TWO_EPOCHS = ["trainer.max_epochs=2", "callbacks.early_stopping=null", "callbacks.visuals=null"]
+TWO_EPOCHS = [
+    "trainer.max_epochs=2",
+    "trainer.num_sanity_val_steps=0",
+    "data.num_samples={train: 8, val: 2, test: 2}",
+    "callbacks.early_stopping=null",
+    "callbacks.visuals=null",
+]
 
 
 def fault(kind: str, **kwargs: object) -> list[str]:
