@@ -14,13 +14,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Mo
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from seglab.callbacks import (
-    EmbedConfig,
-    EndRanksOnFailure,
-    NanGuard,
-    wandb_callbacks,
-    wandb_resume,
-)
+from seglab.callbacks import EmbedConfig, wandb_callbacks, wandb_resume
+from seglab.callbacks.nan_guard import NanGuard
+from seglab.callbacks.rank_failure import EndRanksOnFailure
 from seglab.compare import log_hparams
 from seglab.utils.checkpoint import load_weights
 from seglab.utils.config import run_config, task_overrides
