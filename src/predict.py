@@ -4,9 +4,11 @@ import hydra
 from omegaconf import DictConfig
 
 import seglab  # noqa: F401  (registers the config resolvers)
+from seglab.utils.failure import reports_errors, run_entry
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@reports_errors
 def main(cfg: DictConfig) -> None:
     # imported here, not at the top: `--help` then answers at once, without loading torch
     from seglab.predict import predict
@@ -17,4 +19,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main)  # an error: its message as the last line, its traceback in the run's log

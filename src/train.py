@@ -5,10 +5,12 @@ from omegaconf import DictConfig
 
 import seglab  # noqa: F401  (registers the config resolvers)
 from seglab.train import train
+from seglab.utils.failure import reports_errors, run_entry
 from seglab.utils.sweep import job_environment, pin_spawned_ranks_to_job
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@reports_errors
 def main(cfg: DictConfig) -> float | None:
     """Train; return the monitored metric's best value, the objective of an Optuna sweep."""
     pin_spawned_ranks_to_job()
@@ -18,4 +20,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main)  # an error: its message as the last line, its traceback in the run's log

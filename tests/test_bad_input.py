@@ -354,7 +354,7 @@ def test_train_missing_data_dir(data, looked_for, compose_cfg, tmp_path):
     message = str(info.value)
     assert f"data={data}: " + looked_for.format(root=root) in message
     assert "data.data_dir" in message
-    assert not (tmp_path / "metrics.json").exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
 
 
 def test_train_corrupt_slice_names_it_and_keeps_earlier_metrics(compose_cfg, tmp_path):
@@ -388,7 +388,7 @@ def test_train_corrupt_slice_names_it_and_keeps_earlier_metrics(compose_cfg, tmp
         ValueError, match=r"ISBI 2012 slice .*isbi/train/image/3.png could not be read"
     ):
         train(cfg)
-    assert not (out / "metrics.json").exists()
+    assert json.loads((out / "metrics.json").read_text())["status"] == "failed"
     (aside,) = out.glob("metrics.before-*.json")
     assert json.loads(aside.read_text()) == {"val": {"val/miou": 0.9}}
     assert not list(out.rglob("*.ckpt"))  # it failed in the sanity check, before any epoch
@@ -430,7 +430,10 @@ def test_train_bad_config_values(override, error, pattern, compose_cfg, tmp_path
         train(compose_cfg(overrides=[override]))
     if error is InstantiationException and "max_epochs" in pattern:
         assert isinstance(info.value.__cause__, MisconfigurationException)
-    assert not (tmp_path / "metrics.json").exists()
+    if error is ConfigCompositionException:  # no config, no run
+        assert not (tmp_path / "metrics.json").exists()
+    else:  # the run started: it is marked failed
+        assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
 
 
 # ----------------------------------------------------------------------------------- resume

@@ -14,10 +14,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from seglab.callbacks import EmbedConfig, wandb_callbacks, wandb_resume
+from seglab.callbacks.nan_guard import NanGuard
+from seglab.callbacks.rank_failure import EndRanksOnFailure
 from seglab.compare import log_hparams
 from seglab.utils.checkpoint import load_weights
 from seglab.utils.config import run_config, task_overrides
 from seglab.utils.console import quiet_known_noise
+from seglab.utils.failure import recorded_failure
 from seglab.utils.instantiate import (
     build_datamodule,
     build_list,
@@ -41,6 +44,7 @@ BEST_PREFIX = "best/"
 _TRAINING_STATE = ("pytorch-lightning_version", "epoch", "global_step", "loops", "optimizer_states")
 
 
+@recorded_failure
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit ``cfg.model`` on ``cfg.data``, then validate (and test) the best checkpoint.
 
@@ -78,6 +82,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if ckpt_path is not None and str(ckpt_path) not in _LIGHTNING_CKPT_NAMES:
         _check_resume(model, str(ckpt_path), trust)
     callbacks = [*build_list(cfg.get("callbacks"), "callbacks"), EmbedConfig(saved_config(cfg))]
+    callbacks += [NanGuard(cfg.get("on_nan_loss", "stop")), EndRanksOnFailure()]
     # W&B: a resumed run continues the checkpoint's W&B run; the summary keeps the best value
     wandb_resume(cfg.get("logger"), ckpt_path, trust=trust)
     loggers = build_list(cfg.get("logger"), "logger")

@@ -115,8 +115,8 @@ def test_instance_train_rows_every_epoch(compose_cfg, small_maskrcnn_overrides):
         "data.batch_size=2",
         "trainer.log_every_n_steps=50",
         "callbacks=none",
-        "+trainer.enable_checkpointing=false",
-        "+trainer.limit_val_batches=0",
+        "trainer.enable_checkpointing=false",
+        "trainer.limit_val_batches=0",
         "validate=false",
     ]
     _, objects = train(compose_cfg(overrides=overrides))

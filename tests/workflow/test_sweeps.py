@@ -129,7 +129,8 @@ def test_ddp_multirun_summary_ranks_jobs_and_keeps_failures(tmp_path):
     assert [r["status"] for r in rows] == ["completed", "completed", "failed"]
     failed = rows[-1]
     assert failed["job"] == "1" and "optimizer.lr=-1" in failed["overrides"]
-    assert "optimizer.lr" in failed["error"] and not (sweep / "1" / "metrics.json").exists()
+    assert "optimizer.lr" in failed["error"]
+    assert json.loads((sweep / "1" / "metrics.json").read_text())["status"] == "failed"
     for row in rows[:2]:
         metrics = json.loads((sweep / row["job"] / "metrics.json").read_text())
         assert float(row["best"]) == metrics["monitor"]["best"]

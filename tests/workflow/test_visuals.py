@@ -215,7 +215,7 @@ def test_no_validation_set_is_said_once(tmp_path, caplog):
     run_train(
         tmp_path,
         [
-            "+trainer.limit_val_batches=0",
+            "trainer.limit_val_batches=0",
             "trainer.max_epochs=2",
             "validate=false",
             "callbacks.model_checkpoint.monitor=null",

@@ -1,6 +1,8 @@
 """Lightning callbacks of seglab."""
 
 from seglab.callbacks.config import CONFIG_KEY, EmbedConfig
+from seglab.callbacks.nan_guard import NanGuard, NonFiniteLossError, NonFiniteWeightsError
+from seglab.callbacks.rank_failure import EndRanksOnFailure
 from seglab.callbacks.visuals import Visuals
 from seglab.callbacks.wandb_run import WANDB_RUN_KEY, WandbRun, wandb_callbacks, wandb_resume
 from seglab.callbacks.writers import (
@@ -15,6 +17,10 @@ __all__ = [
     "WANDB_RUN_KEY",
     "CocoResultsWriter",
     "EmbedConfig",
+    "EndRanksOnFailure",
+    "NanGuard",
+    "NonFiniteLossError",
+    "NonFiniteWeightsError",
     "PredictionWriter",
     "SemanticMaskWriter",
     "Visuals",

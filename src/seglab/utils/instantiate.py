@@ -87,7 +87,36 @@ def _check_optimizer(optimizer: Callable[..., torch.optim.Optimizer], node: Dict
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
+    """Instantiate ``cfg.trainer`` with ``kwargs``, after checking that its accelerator exists."""
+    _check_accelerator(cfg.trainer)
     return hydra.utils.instantiate(cfg.trainer, **kwargs, _convert_="all")
+
+
+def _check_accelerator(trainer_cfg: DictConfig) -> None:
+    """A GPU trainer on a machine without one fails naming the trainer option and the CPU one to
+    use, rather than with Lightning's message about ``accelerator``, which names no option."""
+    accelerator = str(trainer_cfg.get("accelerator"))
+    if accelerator not in ("gpu", "cuda") or torch.cuda.is_available():
+        return
+    strategy = trainer_cfg.get("strategy")
+    target = strategy.get("_target_", "") if isinstance(strategy, Mapping) else str(strategy)
+    ddp = "ddp" in target.lower()
+    choice = _trainer_choice()
+    option = f"trainer={choice}" if choice else "trainer.accelerator"
+    instead = "trainer=ddp_cpu (DDP over CPU processes)" if ddp else "trainer=cpu"
+    raise ValueError(
+        f"{option}: trainer.accelerator={accelerator} but this machine has no GPU that torch "
+        f"can use (torch.cuda.is_available() is False); use {instead}"
+    )
+
+
+def _trainer_choice() -> str | None:
+    """The option of the trainer group this run chose (``trainer=gpu``), None outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get("trainer")
 
 
 def saved_config(cfg: DictConfig) -> dict[str, Any]:
