@@ -1,10 +1,13 @@
 """python src/train.py --help: see conf/train.yaml and the README."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 import seglab  # noqa: F401  (registers the config resolvers)
 from seglab.train import train
+from seglab.utils.resume import resume_arguments
 from seglab.utils.sweep import job_environment, pin_spawned_ranks_to_job
 
 
@@ -18,4 +21,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv = resume_arguments(sys.argv)  # resume=RUN_DIR / ckpt_path=last: that run's folder
     main()

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Mo
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from seglab.callbacks import EmbedConfig, wandb_callbacks, wandb_resume
+from seglab.callbacks import EmbedConfig, ExactResume, Interruption, wandb_callbacks, wandb_resume
 from seglab.compare import log_hparams
 from seglab.utils.checkpoint import load_weights
 from seglab.utils.config import run_config, task_overrides
@@ -28,6 +28,7 @@ from seglab.utils.instantiate import (
 )
 from seglab.utils.io import load_checkpoint, move_aside, write_json
 from seglab.utils.memory import tune_malloc
+from seglab.utils.resume import continue_logs, note_slurm_job, same_folder_step, stop_on_signal
 
 __all__ = ["train"]
 
@@ -76,6 +77,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if ckpt_path is not None and str(ckpt_path) not in _LIGHTNING_CKPT_NAMES:
         _check_resume(model, str(ckpt_path))
     callbacks = [*build_list(cfg.get("callbacks"), "callbacks"), EmbedConfig(saved_config(cfg))]
+    callbacks += [ExactResume(), Interruption()]  # exact resume; a resumable stop on signals
     # W&B: a resumed run continues the checkpoint's W&B run; the summary keeps the best value
     wandb_resume(cfg.get("logger"), ckpt_path)
     loggers = build_list(cfg.get("logger"), "logger")
@@ -90,12 +92,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
     if rank_zero_only.rank == 0:
         move_aside(output_dir / "metrics.json")
+    resumed_step = same_folder_step(ckpt_path, output_dir)
+    if rank_zero_only.rank == 0:
+        note_slurm_job(output_dir)
+        if resumed_step is not None:  # a run continued in its own folder
+            continue_logs(trainer.loggers, resumed_step)
     if trainer.loggers:  # the tasks save their hyperparameters for checkpoints, not loggers
         params = run_config(cfg)
         for logger in trainer.loggers:
             logger.log_hyperparams(params)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    with stop_on_signal(trainer, output_dir, start):  # SIGTERM / SIGINT: exit 143 / 130
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics: dict[str, Any] = {"fit": _scalars(trainer.callback_metrics)}
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -1,6 +1,7 @@
 """Lightning callbacks of seglab."""
 
 from seglab.callbacks.config import CONFIG_KEY, EmbedConfig
+from seglab.callbacks.resume import ExactResume, Interruption
 from seglab.callbacks.visuals import Visuals
 from seglab.callbacks.wandb_run import WANDB_RUN_KEY, WandbRun, wandb_callbacks, wandb_resume
 from seglab.callbacks.writers import (
@@ -15,6 +16,8 @@ __all__ = [
     "WANDB_RUN_KEY",
     "CocoResultsWriter",
     "EmbedConfig",
+    "ExactResume",
+    "Interruption",
     "PredictionWriter",
     "SemanticMaskWriter",
     "Visuals",
