@@ -21,5 +21,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    sys.argv = resume_arguments(sys.argv)  # resume=RUN_DIR / ckpt_path=last: that run's folder
+    try:  # resume=RUN_DIR / ckpt_path=last: that run's command line, in its folder
+        sys.argv = resume_arguments(sys.argv)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"Error: {err}")
     main()
