@@ -55,7 +55,9 @@ def train_cli(log: Path, *args: str) -> int:
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
     with log.open("w") as out:
         command = [sys.executable, str(ROOT / "src" / "train.py"), *args]
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        done = subprocess.run(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=600
+        )
     return done.returncode
 
 
@@ -162,13 +164,15 @@ def _saved_run(run_dir: Path, overrides: list[str]) -> Path:
 
 
 def test_resume_run_dir_recomposes_the_run_in_its_own_folder(tmp_path: Path) -> None:
-    run_dir = _saved_run(
-        tmp_path / "run", ["model=fcn8s", "+callbacks.x.y=1", "trainer.max_epochs=3"]
-    )
-    argv = resume_arguments(["train.py", f"resume={run_dir}", "trainer.max_epochs=5", "x.y=2"])
+    saved = ["model=fcn8s", "+callbacks.x.y=1", "trainer.max_epochs=3"]
+    run_dir = _saved_run(tmp_path / "run", saved)
+    new = ["trainer.max_epochs=5", "callbacks.x.y=2", "model=fcn8s"]  # the run's own model: kept
+    argv = resume_arguments(["train.py", f"resume={run_dir}", *new])
     assert argv[0] == "train.py"
-    assert "model=fcn8s" in argv and "+callbacks.x.y=1" in argv
+    assert argv.count("model=fcn8s") == 1
     assert "trainer.max_epochs=5" in argv and "trainer.max_epochs=3" not in argv
+    # a key the run added keeps its "+", or Hydra would refuse the override
+    assert "+callbacks.x.y=2" in argv and "+callbacks.x.y=1" not in argv
     assert argv[-3:] == [
         f"ckpt_path='{run_dir / 'checkpoints' / 'last.ckpt'}'",
         f"resume='{run_dir}'",

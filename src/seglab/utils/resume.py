@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from seglab.callbacks.resume import Interruption
-from seglab.utils.config import task_overrides
+from seglab.utils.config import project_root, task_overrides
 from seglab.utils.io import atomic_write_text, write_json
 
 __all__ = [
@@ -104,11 +107,6 @@ def note_slurm_job(output_dir: Path) -> None:
 
 def _compose_paths(overrides: Sequence[str]) -> tuple[Path, str]:
     """``paths.log_dir`` and ``task_name`` of ``conf/train.yaml`` with ``overrides``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from seglab.utils.config import project_root
-
     kept = [o for o in overrides if _key(o).split(".")[0] in ("paths", "task_name")]
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(project_root() / "conf")):
@@ -191,8 +189,6 @@ def same_folder_step(ckpt_path: Any, output_dir: Path) -> int | None:
     path = Path(str(ckpt_path)).resolve()
     if output_dir.resolve() not in path.parents or not path.is_file():
         return None
-    import torch
-
     # mmap: only the pickled header is read, not the weights
     checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     return int(checkpoint.get("global_step", 0))
