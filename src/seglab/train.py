@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Mo
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from seglab.callbacks import EmbedConfig, wandb_callbacks, wandb_resume
+from seglab.callbacks import EmbedConfig, ExactResume, Interruption, wandb_callbacks, wandb_resume
 from seglab.callbacks.nan_guard import NanGuard
 from seglab.callbacks.rank_failure import EndRanksOnFailure
 from seglab.compare import log_hparams
@@ -30,6 +30,7 @@ from seglab.utils.instantiate import (
 )
 from seglab.utils.io import load_checkpoint, move_aside, write_json
 from seglab.utils.memory import tune_malloc
+from seglab.utils.resume import continue_logs, note_slurm_job, same_folder_step, stop_on_signal
 from seglab.utils.safe_load import TRUST_KEY, read_torch_file
 
 __all__ = ["train"]
@@ -83,6 +84,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         _check_resume(model, str(ckpt_path), trust)
     callbacks = [*build_list(cfg.get("callbacks"), "callbacks"), EmbedConfig(saved_config(cfg))]
     callbacks += [NanGuard(cfg.get("on_nan_loss", "stop")), EndRanksOnFailure()]
+    callbacks += [ExactResume(), Interruption()]  # exact resume; a resumable stop on signals
     # W&B: a resumed run continues the checkpoint's W&B run; the summary keeps the best value
     wandb_resume(cfg.get("logger"), ckpt_path, trust=trust)
     loggers = build_list(cfg.get("logger"), "logger")
@@ -97,12 +99,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
     if rank_zero_only.rank == 0:
         move_aside(output_dir / "metrics.json")
+    resumed_step = same_folder_step(ckpt_path, output_dir)
+    if rank_zero_only.rank == 0:
+        note_slurm_job(output_dir)
+        if resumed_step is not None:  # a run continued in its own folder
+            continue_logs(trainer.loggers, resumed_step)
     if trainer.loggers:  # the tasks save their hyperparameters for checkpoints, not loggers
         params = run_config(cfg)
         for logger in trainer.loggers:
             logger.log_hyperparams(params)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trust)
+    with stop_on_signal(trainer, output_dir, start):  # SIGTERM / SIGINT: exit 143 / 130
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trust)
     metrics: dict[str, Any] = {"fit": _scalars(trainer.callback_metrics)}
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

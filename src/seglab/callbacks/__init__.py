@@ -3,6 +3,7 @@
 from seglab.callbacks.config import CONFIG_KEY, EmbedConfig
 from seglab.callbacks.nan_guard import NanGuard, NonFiniteLossError, NonFiniteWeightsError
 from seglab.callbacks.rank_failure import EndRanksOnFailure
+from seglab.callbacks.resume import ExactResume, Interruption
 from seglab.callbacks.visuals import Visuals
 from seglab.callbacks.wandb_run import WANDB_RUN_KEY, WandbRun, wandb_callbacks, wandb_resume
 from seglab.callbacks.writers import (
@@ -18,6 +19,8 @@ __all__ = [
     "CocoResultsWriter",
     "EmbedConfig",
     "EndRanksOnFailure",
+    "ExactResume",
+    "Interruption",
     "NanGuard",
     "NonFiniteLossError",
     "NonFiniteWeightsError",

@@ -29,8 +29,10 @@ import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.ops import masks_to_boxes
 
+from seglab.data.loaders import EpochSeeded, EpochShuffle
 from seglab.data.weight_maps import UNetWeightMap
 
 __all__ = ["IGNORE", "DatasetInfo", "IndexPNG", "InstanceDataset", "PairedSamples",
@@ -846,7 +848,15 @@ class SegmentationDataModule(L.LightningDataModule):
             self.dataset(split)
 
     def _loader(self, dataset: Dataset, *, train: bool, batch_size: int) -> DataLoader:
+        """A loader over ``dataset``. In one process, the training loader is a torchdata
+        ``StatefulDataLoader`` over ``EpochShuffle`` and ``EpochSeeded`` (seglab.data.loaders), so
+        that a checkpoint holds its position and a resumed run draws what the uninterrupted one
+        drew; under DDP, Lightning puts its ``DistributedSampler`` in (resumed at epoch starts).
+        Every loader draws its workers' seeds from its own generator, never the global one."""
+        # the run's seed (seed_everything), one stream per rank
+        seed = torch.initial_seed() + (dist.get_rank() if _distributed() else 0)
         sampler = None
+        options: dict[str, Any] = {"shuffle": train}
         if not train and _distributed():
             # unlike torch's DistributedSampler, no sample repeated to even out the ranks: the
             # metrics would count it twice
@@ -857,10 +867,15 @@ class SegmentationDataModule(L.LightningDataModule):
                     "trainer.devices (x num_nodes) at most the split's size"
                 )
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
-        return DataLoader(
+        loader_class: type[DataLoader] = DataLoader
+        if train and not _distributed():
+            loader_class = StatefulDataLoader
+            sampler = EpochShuffle(len(dataset), seed)  # type: ignore[arg-type]
+            dataset = EpochSeeded(dataset, seed)
+            options = {}
+        return loader_class(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
             drop_last=train and len(dataset) > batch_size,  # type: ignore[arg-type]
             sampler=sampler,
             num_workers=self.num_workers,
@@ -868,6 +883,8 @@ class SegmentationDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             worker_init_fn=seed_worker if self.num_workers > 0 else None,
             collate_fn=None if self.task == "semantic" else list_collate,
+            generator=torch.Generator().manual_seed(seed),
+            **options,
         )
 
     def train_dataloader(self) -> DataLoader:

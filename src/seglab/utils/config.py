@@ -26,6 +26,7 @@ __all__ = [
 # Overrides left out of run names: where a run writes, how it logs and what it resumes from do
 # not change what ran (a key, or a key followed by "." for its subkeys).
 RUN_NAME_SKIPS = ("paths", "hydra", "logger", "run_name", "task_name", "tags", "ckpt_path")
+RUN_NAME_SKIPS += ("resume",)
 RUN_NAME_MAX = 80
 
 

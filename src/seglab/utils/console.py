@@ -26,6 +26,9 @@ KNOWN_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
         PossibleUserWarning,
         r"lightning\.pytorch\.loops\.fit_loop",
     ),
+    # torchdata 0.11's StatefulDataLoader (seglab's training loader) calls torch.set_vital, which
+    # newer torch deprecates: a torchdata release fixes it, no setting of a run does.
+    (r"'set_vital' is deprecated", UserWarning, r"torchdata\.stateful_dataloader"),
 )
 
 # Lightning's advertisements for its cloud products ("💡 Tip: ... litlogger ...", "... litmodels
