@@ -30,7 +30,13 @@ from seglab.utils.instantiate import (
 )
 from seglab.utils.io import load_checkpoint, move_aside, write_json
 from seglab.utils.memory import tune_malloc
-from seglab.utils.resume import continue_logs, note_slurm_job, same_folder_step, stop_on_signal
+from seglab.utils.resume import (
+    continue_logs,
+    note_slurm_job,
+    quiet_own_folder,
+    same_folder_step,
+    stop_on_signal,
+)
 from seglab.utils.safe_load import TRUST_KEY, read_torch_file
 
 __all__ = ["train"]
@@ -103,6 +109,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if rank_zero_only.rank == 0:
         note_slurm_job(output_dir)
         if resumed_step is not None:  # a run continued in its own folder
+            quiet_own_folder()
             continue_logs(trainer.loggers, resumed_step)
     if trainer.loggers:  # the tasks save their hyperparameters for checkpoints, not loggers
         params = run_config(cfg)

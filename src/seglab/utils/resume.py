@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -203,6 +204,17 @@ def continue_logs(loggers: Sequence[Any], step: int) -> None:
             _continue_csv(logger, step)
         elif isinstance(logger, TensorBoardLogger) and logger._experiment is None:
             logger._kwargs["purge_step"] = step
+
+
+def quiet_own_folder() -> None:
+    """Drop Lightning's warnings that a run continued in its own folder finds its folder not
+    empty: the checkpoints there are the run's own, and ``continue_logs`` keeps the CSV rows
+    that Lightning's writer says it deletes."""
+    for message in (
+        r"Checkpoint directory .* exists and is not empty",
+        r"Experiment logs directory .* exists and is not empty",
+    ):
+        warnings.filterwarnings("ignore", message=message)
 
 
 def _continue_csv(logger: CSVLogger, step: int) -> None:
