@@ -9,7 +9,10 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.fabric.plugins import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
+
+from seglab.utils.checkpoint_io import AtomicCheckpointIO
 
 __all__ = ["build_datamodule", "build_list", "build_task", "build_trainer", "saved_config"]
 
@@ -84,7 +87,20 @@ def _check_optimizer(optimizer: Callable[..., torch.optim.Optimizer], node: Dict
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
-    return hydra.utils.instantiate(cfg.trainer, **kwargs, _convert_="all")
+    """Instantiate ``cfg.trainer`` (``kwargs`` override its keys). Checkpoints are written through
+    ``AtomicCheckpointIO`` (never half-written) unless ``trainer.plugins``, ``kwargs`` or
+    ``trainer.strategy.checkpoint_io`` name a ``CheckpointIO`` of their own."""
+    plugins = kwargs.pop("plugins", None)
+    if plugins is None and cfg.trainer.get("plugins"):
+        plugins = hydra.utils.instantiate(cfg.trainer.plugins, _convert_="all")
+    if not isinstance(plugins, list | tuple):
+        plugins = [] if plugins is None else [plugins]
+    plugins = list(plugins)
+    strategy = cfg.trainer.get("strategy")
+    own_io = isinstance(strategy, Mapping) and strategy.get("checkpoint_io") is not None
+    if not own_io and not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return hydra.utils.instantiate(cfg.trainer, plugins=plugins, **kwargs, _convert_="all")
 
 
 def saved_config(cfg: DictConfig) -> dict[str, Any]:
