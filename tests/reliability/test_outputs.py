@@ -98,6 +98,7 @@ def test_save_weights_only_best_holds_weights_and_last_stays_full(tmp_path):
     weights, full = torch.load(best, weights_only=True), torch.load(last, weights_only=True)
     assert "optimizer_states" not in weights and full["optimizer_states"]
     assert weights["state_dict"].keys() == full["state_dict"].keys()
+    assert weights["seglab_config"] == full["seglab_config"]  # what eval and predict read
     assert not os.path.samefile(best, last)
     assert os.path.getsize(best) < os.path.getsize(last)
     assert metrics["status"] == "completed" and metrics["val"]  # validated from the best

@@ -87,16 +87,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     states, which differ from the second's only in that callback's record of its own files.
     Where the file system has no hard links, the second file is written in full.
 
+    ``entries`` are added to every checkpoint that lacks them: the run's config
+    (``seglab_config``), which eval and predict read. ``EmbedConfig`` adds it from a callback
+    hook, and Lightning runs no callback hook for a weights-only checkpoint
+    (``callbacks.model_checkpoint.save_weights_only=true``).
+
     Remote paths (``s3://``, ...) go to Lightning's own fsspec writer.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, entries: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        self.entries = dict(entries or {})
         self._last: _Written | None = None
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
     ) -> None:
+        for key, value in self.entries.items():
+            checkpoint.setdefault(key, value)
         if storage_options is not None or not _is_local_file_protocol(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return

@@ -12,6 +12,7 @@ import torch
 from lightning.fabric.plugins import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from seglab.callbacks.config import CONFIG_KEY
 from seglab.utils.checkpoint_io import AtomicCheckpointIO
 
 __all__ = ["build_datamodule", "build_list", "build_task", "build_trainer", "saved_config"]
@@ -88,8 +89,9 @@ def _check_optimizer(optimizer: Callable[..., torch.optim.Optimizer], node: Dict
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     """Instantiate ``cfg.trainer`` (``kwargs`` override its keys). Checkpoints are written through
-    ``AtomicCheckpointIO`` (never half-written) unless ``trainer.plugins``, ``kwargs`` or
-    ``trainer.strategy.checkpoint_io`` name a ``CheckpointIO`` of their own."""
+    ``AtomicCheckpointIO`` (never half-written, each with the config eval and predict read)
+    unless ``trainer.plugins``, ``kwargs`` or ``trainer.strategy.checkpoint_io`` name a
+    ``CheckpointIO`` of their own."""
     plugins = kwargs.pop("plugins", None)
     if plugins is None and cfg.trainer.get("plugins"):
         plugins = hydra.utils.instantiate(cfg.trainer.plugins, _convert_="all")
@@ -99,7 +101,7 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     strategy = cfg.trainer.get("strategy")
     own_io = isinstance(strategy, Mapping) and strategy.get("checkpoint_io") is not None
     if not own_io and not any(isinstance(p, CheckpointIO) for p in plugins):
-        plugins.append(AtomicCheckpointIO())
+        plugins.append(AtomicCheckpointIO({CONFIG_KEY: saved_config(cfg)}))
     return hydra.utils.instantiate(cfg.trainer, plugins=plugins, **kwargs, _convert_="all")
 
 
