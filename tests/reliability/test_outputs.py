@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from support import compose_config
 
+from seglab.callbacks import writers
 from seglab.predict import predict
 from seglab.train import train
 from seglab.utils.checkpoint_io import AtomicCheckpointIO
@@ -104,7 +105,10 @@ def test_save_weights_only_best_holds_weights_and_last_stays_full(tmp_path):
     assert metrics["status"] == "completed" and metrics["val"]  # validated from the best
 
 
-def test_truncated_png_fails_naming_it_before_any_output_changes(tmp_path):
+@pytest.fixture
+def predicted(tmp_path):
+    """An untrained U-Net checkpoint, a folder of 3 images and a folder of their predictions;
+    the images are then changed, so that a run reaching one would rewrite its outputs."""
     cfg = compose_config("train", ["model=unet_small"], tmp_path)
     model = build_task(cfg, build_datamodule(cfg.data))
     ckpt = tmp_path / "model.ckpt"
@@ -112,23 +116,50 @@ def test_truncated_png_fails_naming_it_before_any_output_changes(tmp_path):
     images, out = tmp_path / "in", tmp_path / "out"
     images.mkdir()
     rng = np.random.default_rng(0)
-    for name in ("a.png", "b.png", "c.png"):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / name)
+
+    def draw():
+        for name in ("a.png", "b.png", "c.png"):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / name)
 
     def run_predict():
         overrides = [f"ckpt_path={ckpt}", f"input={images}", f"output={out}"]
         return predict(compose_config("predict", [*overrides, "trainer.accelerator=cpu"], tmp_path))
 
+    draw()
     written, _ = run_predict()
     assert len(written) == 6  # a mask and an overlay per image
+    draw()
+    return images, out, run_predict
+
+
+def test_truncated_png_fails_naming_it_before_any_output_changes(predicted):
+    images, out, run_predict = predicted
     before = digests(out)
-    for name in ("a.png", "b.png"):  # new pictures: a run that got to them would rewrite them
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / name)
     png = (images / "c.png").read_bytes()
     (images / "c.png").write_bytes(png[: len(png) // 2])
-
     with pytest.raises(ValueError) as err:
         run_predict()
     message = str(err.value)
     assert "c.png" in message and "truncated" in message and "\n" not in message
+    assert digests(out) == before  # byte-identical, and no new (or temporary) file
+
+
+def test_predict_failing_midway_puts_no_output_in_place(predicted, monkeypatch):
+    _, out, run_predict = predicted
+    before = digests(out)
+    calls, real_overlay = [], writers.class_overlay
+
+    def overlay_then_fail(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # a's mask and overlay and b's mask are written by now
+            raise MemoryError("out of memory")
+        return real_overlay(*args, **kwargs)
+
+    monkeypatch.setattr(writers, "class_overlay", overlay_then_fail)
+    with pytest.raises(MemoryError):
+        run_predict()
+    assert len(calls) == 2
     assert digests(out) == before
+    monkeypatch.undo()
+    written, _ = run_predict()
+    assert len(written) == 6 and digests(out) != before

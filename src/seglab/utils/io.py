@@ -22,6 +22,7 @@ __all__ = [
     "atomic_write_text",
     "load_checkpoint",
     "move_aside",
+    "stage_bytes",
     "to_builtin",
     "write_json",
 ]
@@ -82,6 +83,25 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def stage_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a new hidden file beside ``path`` (flushed to disk, with the mode
+    ``path`` would get) and return its name; ``os.replace(staged, path)`` later puts it in place
+    in one step. A set of files is so written in full before any of them replaces an earlier
+    one; the caller deletes the staged files if it gives up."""
+    path = Path(path)
+    tmp = _temporary_beside(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), _file_mode(path))
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
