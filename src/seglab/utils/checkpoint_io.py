@@ -28,33 +28,40 @@ log = logging.getLogger(__name__)
 _HASHED_BYTES = 1 << 20
 
 
-def _freeze(value: Any) -> Any:
+def _freeze(value: Any, keep: list[torch.Tensor]) -> Any:
     """A comparable stand-in of a checkpoint entry: containers as tuples, small tensors by their
-    bytes, large tensors (weights, optimizer moments) by their storage and in-place version
-    counter, which every optimizer step or in-place change bumps."""
+    bytes, large tensors (weights, optimizer moments) by their address, layout and in-place
+    version counter, which every optimizer step or in-place change bumps. The large tensors are
+    appended to ``keep``: while the caller holds them, no other tensor can take their address."""
     if isinstance(value, torch.Tensor):
-        head = (value.dtype, tuple(value.shape), str(value.device))
-        if value.numel() * value.element_size() <= _HASHED_BYTES:
-            data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-            return ("tensor", *head, hashlib.blake2b(data, digest_size=16).digest())
-        return ("tensor@", *head, value.data_ptr(), value._version)
+        head = (value.dtype, tuple(value.shape), str(value.device), value.layout)
+        try:
+            if value.numel() * value.element_size() <= _HASHED_BYTES:
+                data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+                return ("tensor", *head, hashlib.blake2b(data.tobytes(), digest_size=16).digest())
+            keep.append(value)
+            return ("tensor@", *head, value.stride(), value.data_ptr(), value._version)
+        except RuntimeError:  # sparse, quantized, ...: never equal, written in full
+            return ("tensor?", id(value))
     if isinstance(value, Mapping):
-        return tuple(sorted(((str(k), _freeze(v)) for k, v in value.items()), key=lambda i: i[0]))
+        items = ((str(k), _freeze(v, keep)) for k, v in value.items())
+        return tuple(sorted(items, key=lambda i: i[0]))
     if isinstance(value, list | tuple):
-        return (type(value).__name__, *(_freeze(v) for v in value))
+        return (type(value).__name__, *(_freeze(v, keep) for v in value))
     if isinstance(value, int | float | str | bytes | bool | type(None)):
         return value
     return (type(value).__qualname__, repr(value))
 
 
-def training_state(checkpoint: Mapping[str, Any]) -> Any:
-    """What a checkpoint holds apart from the callbacks' own states, as a comparable value.
+def training_state(checkpoint: Mapping[str, Any], keep: list[torch.Tensor]) -> Any:
+    """What a checkpoint holds apart from the callbacks' own states, as a comparable value
+    (``keep``: see ``_freeze``).
 
     Two ``ModelCheckpoint`` callbacks saving in one hook (the best and ``last.ckpt``) dump the
     same weights, optimizer, loops and random states; only the entries under ``callbacks``
     differ (each callback's record of its own files). Equal values: the same training state.
     """
-    return _freeze({k: v for k, v in checkpoint.items() if k != "callbacks"})
+    return _freeze({k: v for k, v in checkpoint.items() if k != "callbacks"}, keep)
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class _Written:
     path: Path
     state: Any
     stat: tuple[int, int, int, int]  # device, inode, size, mtime_ns right after writing
+    tensors: list[torch.Tensor]  # the large tensors ``state`` names by address, kept alive
 
 
 def _stat(path: Path) -> tuple[int, int, int, int]:
@@ -85,7 +93,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     deleted (a better epoch came), ``last.ckpt`` keeps its own. A symbolic ``last.ckpt`` would
     dangle once its target is deleted. The linked file keeps the first writer's callback
     states, which differ from the second's only in that callback's record of its own files.
-    Where the file system has no hard links, the second file is written in full.
+    Where the file system has no hard links, the second file is written in full. The plugin
+    holds the large tensors of the file it wrote last until the next save; in seglab's trainers
+    they are the live weights and optimizer state, so this costs no memory.
 
     ``entries`` are added to every checkpoint that lacks them: the run's config
     (``seglab_config``), which eval and predict read. ``EmbedConfig`` adds it from a callback
@@ -109,12 +119,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         path = Path(path)
-        state = training_state(checkpoint)
+        tensors: list[torch.Tensor] = []
+        state = training_state(checkpoint, tensors)
         if self._link_last(path, state):
             return
+        self._last = None
         with atomic_open(path) as f:
             torch.save(checkpoint, f)
-        self._last = _Written(path, state, _stat(path))
+        self._last = _Written(path, state, _stat(path), tensors)
 
     def _link_last(self, path: Path, state: Any) -> bool:
         """Link ``path`` to the file written last if it holds ``state`` and is untouched."""
