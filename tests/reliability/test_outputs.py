@@ -17,7 +17,7 @@ from seglab.callbacks import writers
 from seglab.predict import predict
 from seglab.train import train
 from seglab.utils.checkpoint_io import AtomicCheckpointIO
-from seglab.utils.instantiate import build_datamodule, build_task, saved_config
+from seglab.utils.instantiate import build_datamodule, build_task, build_trainer, saved_config
 
 # one epoch of the tiny U-Net on 32-px shapes, without the callbacks that only draw or print
 FAST = [
@@ -45,6 +45,13 @@ def fit(folder, *overrides):
 def run(tmp_path_factory):
     """A finished one-epoch run: its metrics and objects."""
     return fit(tmp_path_factory.mktemp("run"))
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "ddp_cpu"])
+def test_every_trainer_writes_checkpoints_through_the_atomic_plugin(trainer, tmp_path):
+    cfg = compose_config("train", [f"trainer={trainer}"], tmp_path)
+    built = build_trainer(cfg, logger=False, callbacks=[])
+    assert isinstance(built.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
 def test_checkpoint_failing_mid_write_leaves_the_previous_file(run, monkeypatch):
