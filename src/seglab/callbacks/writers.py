@@ -159,9 +159,13 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         staged, self._staged = self._staged, []
-        for tmp, path in staged:
-            os.replace(tmp, path)
-            self.written.append(path)
+        try:
+            for tmp, path in staged:
+                os.replace(tmp, path)
+                self.written.append(path)
+        finally:  # a rename that failed leaves no temporary file behind
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
