@@ -63,7 +63,7 @@ def predict(cfg: DictConfig) -> tuple[list[Path], dict[str, Any]]:
     datamodule = build_datamodule(run_cfg.data)
     source = OmegaConf.select(cfg, "input", throw_on_missing=True)
     datamodule.predict_input = None if source is None else str(source)
-    dataset = datamodule.predict_dataset()  # reads every input's header: bad input fails here
+    dataset = datamodule.predict_dataset()  # decodes every input: bad input fails here
     split = is_split(datamodule, source)
     writer = _writer(cfg, datamodule, str(source), split)
     if not split:

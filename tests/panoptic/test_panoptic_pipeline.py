@@ -86,6 +86,7 @@ def ground_truth_files(dataset, output: Path) -> Path:
     writer.on_predict_start(Trainer(), None)
     writer.write_on_batch_end(Trainer(), None, outputs, None, (images, targets), 0, 0)
     writer.write_on_epoch_end(Trainer(), None, [], [])
+    writer.on_predict_end(Trainer(), None)  # puts the files in place
     return writer.json_path
 
 

@@ -156,6 +156,7 @@ def write_panoptic(writer: CocoPanopticWriter, outputs: list[dict], targets: lis
     images = [torch.rand(3, 8, 8) for _ in targets]
     writer.write_on_batch_end(Trainer(), None, outputs, None, (images, targets), 0, 0)
     writer.write_on_epoch_end(Trainer(), None, [], [])
+    writer.on_predict_end(Trainer(), None)  # puts the files in place
 
 
 def test_written_files_score_as_the_metric_does(tmp_path) -> None:

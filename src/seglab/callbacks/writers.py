@@ -2,7 +2,8 @@
 
 ``SemanticMaskWriter`` writes a class-index PNG (the dataset's palette) and an overlay per image;
 ``CocoResultsWriter`` one COCO results JSON for all images; ``CocoPanopticWriter`` COCO panoptic
-output (a PNG per image and one JSON) and an overlay per image. All take the batch as the task's
+output (a PNG per image and one JSON) and an overlay per image. Files are put in place only
+when the whole prediction has succeeded (``PredictionWriter``). All take the batch as the task's
 ``predict_step`` received it, so names, image sizes and image ids come from the dataset's items.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
@@ -23,7 +25,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
 from seglab.export import detections_to_coco
-from seglab.utils.io import atomic_write_bytes
+from seglab.utils.io import stage_bytes
 
 __all__ = ["CocoPanopticWriter", "CocoResultsWriter", "PredictionWriter", "SemanticMaskWriter",
            "class_overlay", "output_stem", "panoptic_overlay", "segment_ids_to_rgb"]  # fmt: skip
@@ -101,12 +103,19 @@ def panoptic_overlay(
 
 class PredictionWriter(BasePredictionWriter):
     """Base of seglab's writers: ``plan`` checks outputs before a run, ``written`` lists the
-    files written, each atomically (temporary file + rename)."""
+    files written.
+
+    Every file is first written in full under a hidden temporary name beside its target; when
+    the whole prediction has ended, each is renamed over its target. A run that fails or is
+    interrupted on the way (Lightning's ``on_exception``) deletes its temporary files, so the
+    output folder keeps an earlier run's predictions as they were, never a mix of the two.
+    """
 
     def __init__(self, *, write_interval: str) -> None:
         super().__init__(write_interval=write_interval)
         self.written: list[Path] = []
         self._claimed: dict[Path, str] = {}
+        self._staged: list[tuple[Path, Path]] = []  # (temporary file, target)
 
     def targets(self, name: str) -> list[Path]:
         """The files the predictions of the item ``name`` go to (none: the writer's outputs do
@@ -145,8 +154,25 @@ class PredictionWriter(BasePredictionWriter):
         return targets
 
     def write_file(self, path: Path, data: bytes) -> None:
-        atomic_write_bytes(path, data)
-        self.written.append(path)
+        """Write ``data`` for ``path``: to a temporary file now, renamed to ``path`` at the end."""
+        self._staged.append((stage_bytes(path, data), path))
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        staged, self._staged = self._staged, []
+        try:
+            for tmp, path in staged:
+                os.replace(tmp, path)
+                self.written.append(path)
+        finally:  # a rename that failed leaves no temporary file behind
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        staged, self._staged = self._staged, []
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
 
 
 class SemanticMaskWriter(PredictionWriter):

@@ -40,10 +40,13 @@ def find_images(path: Path) -> list[Path]:
 
 
 def check_image(path: Path) -> None:
-    """Open ``path``'s header: a ``ValueError`` naming the file if it is not an 8-bit image."""
+    """Decode the whole image at ``path``: a ``ValueError`` naming the file if it is not a
+    readable 8-bit image. The pixels are decoded, not only the header, so that a truncated or
+    corrupt file fails before ``predict`` writes anything (decoding twice is the price)."""
     try:
         with Image.open(path) as img:
             mode = img.mode
+            img.load()
     except Exception as err:
         raise ValueError(
             f"input image {str(path)!r} could not be read ({err}); expected a readable "
@@ -65,8 +68,8 @@ def is_split(datamodule: L.LightningDataModule, source: str | Path | None) -> bo
 def prediction_dataset(datamodule: L.LightningDataModule, source: str | Path | None) -> Dataset:
     """The dataset ``predict`` runs on for ``input=source``: the split ``source`` of
     ``datamodule`` (its eval view), or the image file / the images of the folder ``source`` as
-    items of the data module's view. Every file's header is read here, so a file that is not an
-    8-bit image fails before any prediction is written.
+    items of the data module's view. Every file is decoded here, so a file that is truncated,
+    corrupt or not an 8-bit image fails before any prediction is written.
 
     Raises:
         ValueError: ``source`` is unset, a bare name that is no split, a folder without images,

@@ -9,8 +9,11 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.fabric.plugins import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from seglab.callbacks.config import CONFIG_KEY
+from seglab.utils.checkpoint_io import AtomicCheckpointIO
 from seglab.utils.safe_load import TRUST_KEY, trust_checkpoints
 
 __all__ = ["build_datamodule", "build_list", "build_task", "build_trainer", "saved_config"]
@@ -87,9 +90,23 @@ def _check_optimizer(optimizer: Callable[..., torch.optim.Optimizer], node: Dict
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
-    """Instantiate ``cfg.trainer`` with ``kwargs``, after checking that its accelerator exists."""
+    """Instantiate ``cfg.trainer`` (``kwargs`` override its keys). Checkpoints are written through
+    ``AtomicCheckpointIO`` (never half-written, each with the config eval and predict read)
+    unless ``trainer.plugins``, ``kwargs`` or ``trainer.strategy.checkpoint_io`` name a
+    ``CheckpointIO`` of their own. A GPU accelerator on a machine without one fails first,
+    naming the CPU trainer option to use."""
     _check_accelerator(cfg.trainer)
-    return hydra.utils.instantiate(cfg.trainer, **kwargs, _convert_="all")
+    plugins = kwargs.pop("plugins", None)
+    if plugins is None and cfg.trainer.get("plugins"):
+        plugins = hydra.utils.instantiate(cfg.trainer.plugins, _convert_="all")
+    if not isinstance(plugins, list | tuple):
+        plugins = [] if plugins is None else [plugins]
+    plugins = list(plugins)
+    strategy = cfg.trainer.get("strategy")
+    own_io = isinstance(strategy, Mapping) and strategy.get("checkpoint_io") is not None
+    if not own_io and not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO({CONFIG_KEY: saved_config(cfg)}))
+    return hydra.utils.instantiate(cfg.trainer, plugins=plugins, **kwargs, _convert_="all")
 
 
 def _check_accelerator(trainer_cfg: DictConfig) -> None:

@@ -8,18 +8,23 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from seglab.utils.safe_load import UntrustedFileError, read_torch_file
 
 __all__ = [
+    "atomic_link",
+    "atomic_open",
     "atomic_write_bytes",
     "atomic_write_text",
     "load_checkpoint",
     "move_aside",
+    "stage_bytes",
     "to_builtin",
     "write_json",
 ]
@@ -37,24 +42,97 @@ def _file_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk and rename it over
-    ``path``: readers see the old file or the new one, never a part of either."""
-    path = Path(path)
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename in it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _temporary_beside(path: Path) -> Path:
+    """A fresh, unused name ``.<name>.<random>.tmp`` in ``path``'s folder (same file system, so
+    that the rename over ``path`` is atomic; hidden, so that globs of ``*.ckpt`` skip it)."""
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder; expected a file path to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s new content into: a temporary file beside ``path``,
+    flushed to disk and renamed over ``path`` when the block ends without an exception, and
+    removed when it raises. Readers see the old file or the new one, never a part of either."""
+    path = Path(path)
+    tmp = _temporary_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with open(tmp, "wb") as f:
+            yield f
             f.flush()
             os.fchmod(f.fileno(), _file_mode(path))  # mkstemp makes it 0o600
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def stage_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a new hidden file beside ``path`` (flushed to disk, with the mode
+    ``path`` would get) and return its name; ``os.replace(staged, path)`` later puts it in place
+    in one step. A set of files is so written in full before any of them replaces an earlier
+    one; the caller deletes the staged files if it gives up."""
+    path = Path(path)
+    tmp = _temporary_beside(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), _file_mode(path))
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through ``atomic_open``: the old file or the new one, never a
+    part of either."""
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+def atomic_link(source: str | Path, path: str | Path) -> None:
+    """Make ``path`` a hard link of the file ``source`` (one copy on disk, two names), replacing
+    ``path`` atomically if it exists.
+
+    Replacing either name later with ``atomic_open`` gives that name a new file and leaves the
+    other's content as it was; deleting one name keeps the other. Raises ``OSError`` where the
+    file system has no hard links (or ``source`` is on another one): callers then write a copy.
+    """
+    source, path = Path(source), Path(path)
+    if path.exists() and os.path.samefile(source, path):
+        return  # rename(2) of a name onto another name of the same file does nothing
+    tmp = _temporary_beside(path)
+    tmp.unlink()
+    try:
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
