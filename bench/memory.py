@@ -79,7 +79,7 @@ def pss_kib(pid: int) -> int:
 
 def measure(model: str, trainer: str | None, out: Path) -> tuple[float, float, float, int]:
     """Run one job: its peak in GiB (see the module docstring), the peak of its processes'
-    summed ``Pss`` in GiB (sampled; 0 for one process), wall seconds and exit code."""
+    summed ``Pss`` in GiB (sampled; 0 for a single-process job), wall seconds and exit code."""
     name = f"{model}-{trainer or 'default'}"
     command = [sys.executable, "src/train.py", f"model={model}", "data=shapes"]
     command += [f"hydra.run.dir={out / name}"]
@@ -99,7 +99,7 @@ def measure(model: str, trainer: str | None, out: Path) -> tuple[float, float, f
             tree = [job.pid, *descendants(job.pid)]
             for pid in tree:
                 peaks[pid] = max(peaks.get(pid, 0), high_water_kib(pid))
-            if len(tree) > 1:
+            if trainer:
                 pss[0] = max(pss[0], sum(pss_kib(pid) for pid in tree))
 
     watcher = threading.Thread(target=poll, daemon=True)
@@ -110,7 +110,7 @@ def measure(model: str, trainer: str | None, out: Path) -> tuple[float, float, f
     log.close()
     job.returncode = os.waitstatus_to_exitcode(status)
     # ru_maxrss: the largest of the job and its ended children, so a floor of the sum
-    kib = max(usage.ru_maxrss, sum(peaks.values()))
+    kib = max(usage.ru_maxrss, sum(peaks.values())) if trainer else usage.ru_maxrss
     if job.returncode != 0:
         print(f"{name} failed ({job.returncode}); its last lines:", file=sys.stderr)
         tail = (out / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
