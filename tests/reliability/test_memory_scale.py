@@ -5,6 +5,8 @@ Config only: bench/memory.py measures the memory of every model x data=shapes jo
 import pytest
 from omegaconf import OmegaConf
 
+from seglab.utils.instantiate import build_datamodule
+
 PAIRS = [
     ("maskrcnn", "shapes"),
     ("panoptic_fpn", "shapes"),
@@ -29,6 +31,12 @@ def test_detector_takes_the_datasets_scale(compose_cfg, model, data):
         assert scale(cfg) == (cfg.data.image_size, cfg.data.image_size)
         cfg = compose_cfg(overrides=[f"model={model}", f"data={data}", "data.image_size=48"])
         assert scale(cfg) == (48, 48)
+        assert build_datamodule(cfg.data).detector_scale == {"min_size": 48, "max_size": 48}
+        # up to 100 masks an image at evaluation: smaller detector batches than the semantic ones
+        semantic = compose_cfg(overrides=["model=unet_small"], quick=False).data
+        cfg = compose_cfg(overrides=[f"model={model}"], quick=False)
+        assert cfg.data.batch_size < semantic.batch_size
+        assert cfg.data.eval_batch_size < semantic.eval_batch_size
     elif data.startswith("coco"):  # the papers' COCO setting
         assert scale(cfg) == (800, 1333)
     elif data == "cityscapes":  # Mask R-CNN's: short side 800..1024, evaluated at 1024
