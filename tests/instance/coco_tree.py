@@ -150,3 +150,29 @@ def write_shapes_tree(root: Path, *, counts: dict[str, int], size: int = 64, see
             "categories": [{"id": 1, "name": "thing"}],
         }
         (root / f"{split}.json").write_text(json.dumps(data))
+
+
+def write_panoptic_tree(root: Path) -> dict[str, Any]:
+    """COCO panoptic: two 24x32 images (``root/images``), each a sky stuff segment and a square
+    thing segment with their bboxes, PNGs in ``root/panoptic``; returns the JSON written to
+    ``root/panoptic.json``."""
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for image_id in (1, 2):
+        ids = np.full((24, 32), 5, np.int64)
+        ids[4:12, 6:14] = 9
+        rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+        _save(root / "panoptic", f"{image_id}.png", rgb)
+        _save(root / "images", f"{image_id}.png", rng.integers(0, 255, (24, 32, 3), np.uint8))
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "height": 24, "width": 32})
+        segments = [
+            {"id": 5, "category_id": 1, "iscrowd": 0, "bbox": [0, 0, 32, 24], "area": 704},
+            {"id": 9, "category_id": 2, "iscrowd": 0, "bbox": [6, 4, 8, 8], "area": 64},
+        ]
+        annotations.append(
+            {"image_id": image_id, "file_name": f"{image_id}.png", "segments_info": segments}
+        )
+    categories = [{"id": 1, "name": "sky", "isthing": 0}, {"id": 2, "name": "box", "isthing": 1}]
+    data = {"images": images, "annotations": annotations, "categories": categories}
+    (root / "panoptic.json").write_text(json.dumps(data))
+    return data

@@ -558,6 +558,8 @@ class SegmentationDataModule(L.LightningDataModule):
         weight_map: a ``UNetWeightMap`` put in each semantic sample as ``weight``; True:
             ``UNetWeightMap()``.
         extra_metrics: metric names the task logs besides its own.
+        detector_scale: ``{"min_size": ..., "max_size": ...}`` the detector configs resize this
+            data's images to (``model.net.min_size`` / ``max_size``); kept as ``detector_scale``.
     """
 
     info: ClassVar[DatasetInfo]
@@ -585,6 +587,7 @@ class SegmentationDataModule(L.LightningDataModule):
         crop_size: int | None = None,
         weight_map: UNetWeightMap | bool | None = None,
         extra_metrics: Sequence[str] = (),
+        detector_scale: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         info = self.info
@@ -666,6 +669,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.data_dir = data_dir
         self.crop_size = crop_size
         self.extra_metrics = tuple(extra_metrics)
+        self.detector_scale = dict(detector_scale or {})
         self.splits: tuple[str, ...] = info.splits
         self.datasets: dict[str, Dataset] = {}
         self.predict_input: str | None = None  # set by predict.py before Trainer.predict

@@ -35,6 +35,7 @@ __all__ = ["BACKGROUND_NAMES", "CocoDataModule", "CocoImages", "annotation_mask"
 log = logging.getLogger(__name__)
 
 BACKGROUND_NAMES = ("_background_", "__background__")
+EDGE_SLACK = 1.0  # pixels a bbox or polygon may reach past the image (rounding in exports)
 COCO_2017 = {
     "train": {"images": "train2017", "annotations": "annotations/instances_train2017.json"},
     "val": {"images": "val2017", "annotations": "annotations/instances_val2017.json"},
@@ -46,6 +47,57 @@ HOW_TO_GET = (
 )
 
 
+def annotation_problem(annotation: Mapping[str, Any], height: int, width: int) -> str | None:
+    """What is wrong with an annotation's geometry on its ``height`` x ``width`` image: a bbox
+    or polygon reaching past the image (by more than ``EDGE_SLACK`` pixels), a polygon of under
+    3 points or an odd count of numbers, an RLE of another size; None when nothing is."""
+    lo, xs, ys = -EDGE_SLACK, [width + EDGE_SLACK], [height + EDGE_SLACK]
+    bbox, segmentation = annotation.get("bbox"), annotation.get("segmentation")
+    if bbox is not None:
+        if len(bbox) != 4 or bbox[2] < 0 or bbox[3] < 0:
+            return f"has bbox {bbox}: expected [x, y, width, height] with width, height >= 0"
+        x, y, w, h = bbox
+        if min(x, y) < lo or x + w > xs[0] or y + h > ys[0]:
+            return f"has bbox {bbox} outside its {height}x{width} image"
+    if isinstance(segmentation, dict) and list(segmentation.get("size", [])) != [height, width]:
+        return f"has an RLE of size {segmentation.get('size')} on its {height}x{width} image"
+    for polygon in segmentation if isinstance(segmentation, list) else []:
+        if len(polygon) < 6 or len(polygon) % 2:
+            return (
+                f"has a polygon of {len(polygon)} numbers: expected x, y pairs of at least "
+                "3 points (6 numbers)"
+            )
+        if min(polygon) < lo or max(polygon[0::2]) > xs[0] or max(polygon[1::2]) > ys[0]:
+            return f"has a polygon outside its {height}x{width} image"
+    return None
+
+
+def check_coco(data: Mapping[str, Any], path: Path) -> None:
+    """Check a COCO instances file's ``images`` and ``annotations`` (JSON only, no image read).
+
+    Raises:
+        ValueError: the first repeated image id, annotation of an unlisted image or with a bad
+            geometry (``annotation_problem``), naming ``path`` and the entry.
+    """
+    sizes: dict[Any, tuple[int, int]] = {}
+    for k, image in enumerate(data["images"]):
+        where = f"data=coco: {path}: images[{k}]"
+        if not all(isinstance(image.get(key), int) for key in ("id", "height", "width")):
+            raise ValueError(f"{where} needs an integer 'id', 'height' and 'width'")
+        if image["id"] in sizes:
+            raise ValueError(f"{where} repeats image id {image['id']}: give each image its own id")
+        sizes[image["id"]] = image["height"], image["width"]
+    for k, annotation in enumerate(data["annotations"]):
+        where = f"data=coco: {path}: annotations[{k}] (id {annotation.get('id')!r})"
+        if (image_id := annotation.get("image_id")) not in sizes:
+            raise ValueError(
+                f"{where} has image_id {image_id!r}, which the file's 'images' do not list; "
+                "fix its image_id or remove it"
+            )
+        if problem := annotation_problem(annotation, *sizes[image_id]):
+            raise ValueError(f"{where} {problem}; fix or remove it")
+
+
 def read_coco(path: str | Path, background_names: Sequence[str] = BACKGROUND_NAMES) -> COCO:
     """A pycocotools ``COCO`` of the instances file ``path``, annotation ids renumbered 1..N (in
     file order) when any is below 1 or repeated, categories named like the background
@@ -53,8 +105,8 @@ def read_coco(path: str | Path, background_names: Sequence[str] = BACKGROUND_NAM
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a COCO instances file (no ``images`` or ``categories`` list), or an
-            annotation of a dropped or unlisted category (naming it).
+        ValueError: not a COCO instances file (no ``images`` or ``categories`` list), an entry
+            ``check_coco`` refuses, or an annotation of a dropped or unlisted category (naming it).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -68,6 +120,7 @@ def read_coco(path: str | Path, background_names: Sequence[str] = BACKGROUND_NAM
     ):
         raise ValueError(f"data=coco: {path} has no 'images' and 'categories' lists")
     annotations = data.setdefault("annotations", [])
+    check_coco(data, path)
     ids = [a.get("id") for a in annotations]
     if any(not isinstance(i, int) or i < 1 for i in ids) or len(set(ids)) != len(ids):
         log.warning(
@@ -100,16 +153,14 @@ def read_coco(path: str | Path, background_names: Sequence[str] = BACKGROUND_NAM
 
 
 def annotation_mask(annotation: Mapping[str, Any], height: int, width: int) -> np.ndarray:
-    """The binary mask (H, W) uint8 of a COCO annotation, decoded by pycocotools: polygons
-    (those with fewer than 3 points are skipped, leaving the mask empty when none is left),
-    uncompressed or compressed RLE.
+    """The binary mask (H, W) uint8 of a COCO annotation (checked by ``read_coco``), decoded by
+    pycocotools: polygons, uncompressed or compressed RLE.
 
     Raises:
         ValueError: no segmentation, or an RLE of another size than the image (naming the id).
     """
     segmentation = annotation.get("segmentation")
-    if isinstance(segmentation, list):  # pycocotools fails on a polygon of under 3 points
-        segmentation = [p for p in segmentation if len(p) >= 6 and len(p) % 2 == 0]
+    if isinstance(segmentation, list):
         if not segmentation:
             return np.zeros((height, width), np.uint8)
     elif not isinstance(segmentation, dict) or "counts" not in segmentation:
@@ -133,12 +184,20 @@ class CocoImages(SampleSource):
     ``image_dir``: ``image`` RGB, ``name`` the file, ``image_id`` the file's, one object per
     annotation labelled by the rank of its category id (1..K-1), crowd ones marked
     ``iscrowd = 1`` (the instance task keeps them out of the losses and the AP metrics ignore
-    detections on them; the semantic view makes them ``ignore_index``)."""
+    detections on them; the semantic view makes them ``ignore_index``). ``source``: the
+    annotation file, named in errors.
 
-    def __init__(self, coco: COCO, image_dir: str | Path, image_ids: Sequence[int]) -> None:
+    Raises (on reading, naming the image file): ValueError for an image Pillow cannot decode
+    (truncated, corrupt) or of another size than the file says; FileNotFoundError when missing.
+    """
+
+    def __init__(
+        self, coco: COCO, image_dir: str | Path, image_ids: Sequence[int], source: str | Path = ""
+    ) -> None:
         self.coco = coco
         self.image_dir = Path(image_dir).expanduser()
         self.image_ids = list(image_ids)
+        self.source = source
         self.label = {cid: k for k, cid in enumerate(sorted(coco.cats), start=1)}
 
     def __len__(self) -> int:
@@ -162,14 +221,18 @@ class CocoImages(SampleSource):
     def __getitem__(self, index: int) -> dict[str, Any]:
         info = self.coco.imgs[self.image_ids[index]]
         path = self.image_dir / info["file_name"]
+        fix = f"replace it or remove image id {info['id']} and its annotations from {self.source}"
         if not path.is_file():
             raise FileNotFoundError(f"data=coco: image {path} (image id {info['id']}) not found")
-        image = read_image(path, "data=coco:")
+        try:  # decoding the whole image here: a truncated file fails at its first read
+            image = read_image(path, "data=coco:")
+        except ValueError as err:
+            raise ValueError(f"{err}; {fix}") from err
         expected = (int(info["height"]), int(info["width"]))
         if image.shape[:2] != expected:
             raise ValueError(
-                f"data=coco: image {path} is {image.shape[0]}x{image.shape[1]} but its "
-                f"annotation file says {expected[0]}x{expected[1]}"
+                f"data=coco: image {path} is {image.shape[0]}x{image.shape[1]} but "
+                f"{self.source} says {expected[0]}x{expected[1]}; {fix}"
             )
         return {**self.labels(index), "image": image}
 
@@ -286,4 +349,12 @@ class CocoDataModule(SegmentationDataModule):
                     f"data=coco: no image of {self._path(split, 'annotations')} has a non-crowd "
                     "annotation (data.filter_empty_train=true left the train split empty)"
                 )
-        return CocoImages(coco, image_dir, image_ids)
+        source = self._path(split, "annotations")
+        missing = [i for i in image_ids if not (image_dir / coco.imgs[i]["file_name"]).is_file()]
+        if missing:  # one stat per image: cheap, and before any training
+            raise FileNotFoundError(
+                f"data=coco: image {image_dir / coco.imgs[missing[0]]['file_name']} (image id "
+                f"{missing[0]}) of {source} not found ({len(missing)} missing in all); add the "
+                "images or remove them and their annotations from the file"
+            )
+        return CocoImages(coco, image_dir, image_ids, source)

@@ -107,14 +107,42 @@ class PanopticImages(SampleSource):
         dataset: str,
     ) -> None:
         self.images = {image["id"]: image for image in data["images"]}
+        if len(self.images) != len(data["images"]):
+            ids = [image["id"] for image in data["images"]]
+            twice = next(i for i in ids if ids.count(i) > 1)
+            raise ValueError(
+                f"data={dataset}: {source} lists image id {twice!r} twice in 'images': give each "
+                "image its own id"
+            )
         self.annotations = list(data["annotations"])
         for annotation in self.annotations:
             if annotation.get("image_id") not in self.images:
                 raise ValueError(
                     f"data={dataset}: {source} annotates image id {annotation.get('image_id')!r} "
-                    "that its 'images' do not list"
+                    f"({annotation.get('file_name')}) that its 'images' do not list; fix its "
+                    "image_id or remove it"
                 )
+            info = self.images[annotation["image_id"]]
+            for segment in annotation.get("segments_info", []):
+                x, y, w, h = segment.get("bbox", (0, 0, 0, 0))
+                if min(x, y, w, h) < 0 or x + w > info["width"] or y + h > info["height"]:
+                    raise ValueError(
+                        f"data={dataset}: {source}: segment {segment.get('id')} of "
+                        f"{annotation.get('file_name')} has bbox {segment['bbox']} outside its "
+                        f"{info['height']}x{info['width']} image; fix or remove it"
+                    )
         self.source, self.image_dir, self.png_dir = source, image_dir, png_dir
+        for annotation in self.annotations:  # one stat per file, before any training
+            image = self.image_path(self.images[annotation["image_id"]])
+            for kind, path in (
+                ("image", image),
+                ("panoptic PNG", png_dir / annotation["file_name"]),
+            ):
+                if not path.is_file():
+                    raise FileNotFoundError(
+                        f"data={dataset}: {kind} {path} of {source} not found; add it or remove "
+                        f"image id {annotation['image_id']!r} from the file"
+                    )
         self.categories = categories
         self.dataset = dataset
 
@@ -132,14 +160,18 @@ class PanopticImages(SampleSource):
         for kind, path in (("image", image_file), ("panoptic PNG", png)):
             if not path.is_file():
                 raise FileNotFoundError(f"data={self.dataset}: {kind} {path} not found")
-        image = read_image(image_file, f"data={self.dataset}:")
-        segment_ids = rgb_to_id(read_image(png, f"data={self.dataset}:"))
+        fix = f"replace it or remove image id {info['id']!r} from {self.source}"
+        try:  # decoding the whole files here: a truncated one fails at its first read
+            image = read_image(image_file, f"data={self.dataset}:")
+            segment_ids = rgb_to_id(read_image(png, f"data={self.dataset}:"))
+        except ValueError as err:
+            raise ValueError(f"{err}; {fix}") from err
         size = (int(info["height"]), int(info["width"]))
         for path, shape in ((image_file, image.shape[:2]), (png, segment_ids.shape)):
             if shape != size:
                 raise ValueError(
                     f"data={self.dataset}: {path} is {shape[0]}x{shape[1]} but {self.source} "
-                    f"says {size[0]}x{size[1]}"
+                    f"says {size[0]}x{size[1]}; {fix}"
                 )
         segments = []
         for segment in annotation["segments_info"]:
