@@ -21,7 +21,6 @@ from omegaconf import DictConfig
 from support import DDP_TINY, SMALL_MASKRCNN, compose_config, require_data, run_cli
 
 import seglab  # noqa: F401  (registers the config resolvers)
-from seglab.train import train
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -80,6 +79,8 @@ def untrained_but_scored() -> list[str]:
 def semantic_run(tmp_path_factory) -> tuple[DictConfig, dict, dict]:
     """``train`` of the tiny default job (``support.QUICK_TRAIN``) for 2 epochs, with a test pass:
     its ``(cfg, metrics, objects)``. Read by the eval, predict, bad-input and resume tests."""
+    from seglab.train import train  # here: a conftest import would load Lightning for every test
+
     out = tmp_path_factory.mktemp("semantic_run")
     metrics, objects = train(compose_config("train", ["trainer.max_epochs=2", "test=true"], out))
     return objects["cfg"], metrics, objects
