@@ -95,7 +95,7 @@ def test_train_eval_predict_and_pq_of_the_written_files(compose_cfg, tmp_path, s
     cfg = compose_cfg(
         overrides=[
             *small_panoptic,
-            "trainer.max_epochs=3",
+            "trainer.max_epochs=2",
             "data.num_samples={train: 16, val: 5, test: 3}",
             "data.image_size=64",
             *ONE_STUFF,
