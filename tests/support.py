@@ -60,6 +60,18 @@ QUICK_TRAIN = [
 ]
 
 
+# The tiny default job under 2 CPU ranks: `python src/train.py` with these overrides (and a
+# paths.log_dir) is what the session's shared 2-process run (conftest ``ddp_cpu_run``) trained.
+# 5 validation scenes: the ranks get 3 and 2, so an uneven split is exercised too.
+DDP_TINY = [
+    "trainer=ddp_cpu",
+    "trainer.max_epochs=1",
+    "data.num_samples={train: 8, val: 5, test: 3}",
+    "data.image_size=32",
+    "data.batch_size=4",
+]
+
+
 def compose_config(
     name: str, overrides: list[str] | None, output_dir: Path, quick: bool = True
 ) -> DictConfig:

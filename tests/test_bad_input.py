@@ -48,11 +48,10 @@ def save_images(folder: Path, *names: str, size=(32, 32), mode="RGB", seed=0) ->
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A two-epoch run on the built-in data: its folder and metrics."""
-    out = tmp_path_factory.mktemp("run")
-    metrics, _ = train(compose_config("train", ["trainer.max_epochs=2"], out))
-    return out, metrics
+def run(semantic_run):
+    """The session's two-epoch run on the built-in data: its folder and metrics."""
+    cfg, metrics, _ = semantic_run
+    return Path(cfg.paths.output_dir), metrics
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,12 @@ import pytest
 from coco_tree import write_shapes_tree
 from support import run_cli
 
+from seglab.eval import evaluate
+
 
 @pytest.mark.slow
 def test_ddp_cpu_mask_ap_equals_single_process(
-    tmp_path, small_maskrcnn_overrides, untrained_but_scored
+    tmp_path, compose_cfg, small_maskrcnn_overrides, untrained_but_scored
 ):
     data = tmp_path / "coco"
     write_shapes_tree(data, counts={"train": 4, "val": 5})  # 5: ranks get 3 and 2 images
@@ -38,15 +40,9 @@ def test_ddp_cpu_mask_ap_equals_single_process(
     ddp = trained["val"]  # the best checkpoint validated by 2 processes
     assert trained["best_checkpoint"]
 
-    result = run_cli(
-        "eval.py",
-        f"ckpt_path={trained['best_checkpoint']}",
-        "trainer=cpu",
-        f"paths.log_dir={logs}/cpu",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = (logs / "cpu" / "eval" / "runs").iterdir()
-    single = json.loads((run / "metrics.json").read_text())["val"]
+    # the single process: evaluate() in this one (eval.py's function, without a second start)
+    cfg = compose_cfg("eval", overrides=[f"ckpt_path={trained['best_checkpoint']}", "trainer=cpu"])
+    single = evaluate(cfg)[0]["val"]
 
     assert single.keys() == ddp.keys() and "val/map_segm" in single
     assert single["val/map_segm"] > 0 and single["val/map_50_bbox"] > 0

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import csv
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from support import run_cli
+from support import DDP_TINY, run_cli
 
 from seglab.train import train
 from seglab.utils.config import RUN_NAME_MAX, make_run_name
@@ -141,28 +142,9 @@ WARNING_LINE = re.compile(
 ALLOWED: tuple[str, ...] = ()
 
 
-@pytest.mark.parametrize(
-    "trainer",
-    [
-        "default",
-        # 2 processes: the per-rank notices of values logged unsynced, and no hang at an epoch end
-        pytest.param("ddp_cpu", marks=pytest.mark.slow),
-    ],
-)
-def test_default_job_console_is_clean_and_ends_with_the_run(trainer, tmp_path):
-    """`python src/train.py` (tiny): no warning outside ALLOWED, and the last line says where the
-    run folder and the best checkpoint are."""
-    result = run_cli(
-        "train.py",
-        f"trainer={trainer}",
-        "trainer.max_epochs=1",
-        "data.num_samples={train: 8, val: 5, test: 3}",
-        "data.image_size=32",
-        "data.batch_size=4",
-        f"paths.log_dir={tmp_path}",
-        timeout=300,
-        warnings=True,
-    )
+def assert_clean_and_ends_with_the_run(result: subprocess.CompletedProcess, logs: Path) -> None:
+    """No warning outside ALLOWED in ``result``'s console, and its last line says where the run
+    folder under ``logs`` and the best checkpoint are."""
     assert result.returncode == 0, result.stderr[-3000:]
     lines = (result.stdout + result.stderr).splitlines()
     warned = [
@@ -172,11 +154,28 @@ def test_default_job_console_is_clean_and_ends_with_the_run(trainer, tmp_path):
     ]
     assert not warned, "\n".join(warned)
 
-    (run,) = (tmp_path / "train" / "runs").iterdir()
+    (run,) = (logs / "train" / "runs").iterdir()
     (best,) = (run / "checkpoints").glob("epoch_*.ckpt")
     # Hydra's console handler writes the log to stdout; Lightning writes its notices to stderr
     last = result.stdout.strip().splitlines()[-1]
     assert last.endswith(f"[seglab.train][INFO] - Run folder: {run}; best checkpoint: {best}")
+
+
+def test_default_job_console_is_clean_and_ends_with_the_run(tmp_path):
+    """`python src/train.py` (tiny, one process): a clean console ending with the run."""
+    tiny = [o for o in DDP_TINY if not o.startswith("trainer=")]
+    result = run_cli(
+        "train.py", "trainer=default", *tiny, f"paths.log_dir={tmp_path}", timeout=300,
+        warnings=True,
+    )  # fmt: skip
+    assert_clean_and_ends_with_the_run(result, tmp_path)
+
+
+@pytest.mark.slow
+def test_ddp_cpu_job_console_is_clean_and_ends_with_the_run(ddp_cpu_run):
+    """The same job on 2 processes (the session's shared run): the per-rank notices of values
+    logged unsynced stay quiet, and no rank hangs at an epoch end."""
+    assert_clean_and_ends_with_the_run(ddp_cpu_run.result, ddp_cpu_run.logs)
 
 
 @pytest.mark.parametrize(
