@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from seglab.data.base import SemanticDataset
+from seglab.inference import mirror_pad
 from seglab.losses import pixel_cross_entropy
 from seglab.metrics.semantic import SemanticMetrics
 from seglab.models import UNet
@@ -187,3 +188,28 @@ def test_aux_loss_is_weighted():
     y = task.net.conv(batch["image"])
     expected = F.cross_entropy(y, batch["mask"]) + 0.4 * F.cross_entropy(2 * y, batch["mask"])
     assert torch.allclose(loss, expected)
+
+
+def test_unpadded_net_mirror_extends_a_side_it_cannot_take():
+    """64-px scenes (data=shapes) through the paper U-Net: the images are mirror-extended to the
+    smallest input whose output covers them, the output cropped back to the image (one
+    overlap tile), so the loss and the prediction cover every pixel."""
+    task = make_task()
+    x = torch.randn(2, 1, 30, 34)
+    with pytest.raises(ValueError, match="odd or empty"):
+        task.net.output_size(30)
+    task.eval()
+    with torch.no_grad():
+        logits = task._run_net(x)
+        # reference: a wider mirror extension (120 x 124, a size the net takes), cropped
+        wide = task.net(mirror_pad(x, 45, 45, 45, 45))
+        m = (124 - wide.shape[-1]) // 2
+        reference = wide[..., 45 - m : 45 - m + 30, 45 - m : 45 - m + 34]
+    assert logits.shape[-2:] == (30, 34)
+    assert torch.allclose(logits, reference, atol=1e-5)
+    task.train()
+    mask = torch.randint(0, 3, (2, 30, 34))
+    loss = task.training_step({"image": x, "mask": mask}, 0)
+    assert torch.allclose(loss, F.cross_entropy(task._run_net(x), mask), rtol=1e-4)
+    # a side the net can take is left as it is (the paper's 572 -> 388 training)
+    assert task._run_net(torch.randn(1, 1, 60, 60)).shape[-1] == task.net.output_size(60)

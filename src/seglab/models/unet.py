@@ -131,6 +131,21 @@ class UNet(nn.Module):
             raise ValueError(f"unpadded UNet: input size {size} is too small")
         return s
 
+    def covering_input(self, size: int) -> int:
+        """The smallest input side whose output covers ``size`` output pixels (``size`` itself
+        for the padded net): an image side of ``size`` mirror-extended to it (the paper's
+        extrapolation of missing context by mirroring, Fig. 2) is predicted whole in one pass."""
+        if self.padding:
+            return size
+        candidate = size
+        while True:  # a few hundred integer steps at most (572 -> 388 loses 184)
+            try:
+                if self.output_size(candidate) >= size:
+                    return candidate
+            except ValueError:
+                pass
+            candidate += 1
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if self.padding:

@@ -10,7 +10,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
-from seglab.inference import predict_logits
+from seglab.inference import mirror_pad, predict_logits
 from seglab.losses import pixel_cross_entropy
 from seglab.metrics.rand_error import RandError
 from seglab.metrics.semantic import SemanticMetrics
@@ -139,6 +139,30 @@ class SemanticSegmentationTask(SegmentationTask):
         """Logits (N, K, H', W') in eval mode; the net's raw output in train mode."""
         return self.net(x)
 
+    def _run_net(self, images: torch.Tensor) -> Any:
+        """The net on ``images``. An unpadded net (the paper U-Net) given a side it cannot take
+        (64-px scenes, say) gets the images mirror-extended to the smallest input whose output
+        covers them, and its output cropped back to the image: the paper's extrapolation of the
+        missing context by mirroring (Ronneberger et al., Fig. 2), one tile for the whole image.
+        A side it can take is left as it is, its smaller output scored on the mask's centre."""
+        cover = getattr(self.net, "covering_input", None)
+        if cover is None or getattr(self.net, "padding", True):
+            return self.net(images)
+        h, w = images.shape[-2:]
+        try:
+            self.net.output_size(h)
+            self.net.output_size(w)
+            return self.net(images)
+        except ValueError:
+            pass
+        size_h, size_w = cover(h), cover(w)
+        top, left = (size_h - h) // 2, (size_w - w) // 2
+        out = self.net(mirror_pad(images, top, size_h - h - top, left, size_w - w - left))
+        # output pixel i sits over input pixel i + (input - output) / 2 of the extended image
+        y0 = top - (size_h - out.shape[-2]) // 2
+        x0 = left - (size_w - out.shape[-1]) // 2
+        return out[..., y0 : y0 + h, x0 : x0 + w]
+
     def _loss(
         self, logits: torch.Tensor, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, ...]:
@@ -165,7 +189,7 @@ class SemanticSegmentationTask(SegmentationTask):
         return total if self.reduction == "sum" else total / normaliser.clamp(min=1e-12)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        out = self.net(batch["image"])
+        out = self._run_net(batch["image"])
         logits, aux = (out["out"], out.get("aux")) if isinstance(out, dict) else (out, None)
         total, normaliser, mask = self._loss(logits, batch)
         loss = self._reduce(total, normaliser)
@@ -184,7 +208,7 @@ class SemanticSegmentationTask(SegmentationTask):
         options = dict(self.inference)
         mode = options.pop("mode")
         if mode == "whole" and not options:
-            out = self.net(images)
+            out = self._run_net(images)
             return out["out"] if isinstance(out, dict) else out
         return predict_logits(self.net, images, mode=mode, **options)
 
