@@ -442,7 +442,9 @@ def test_resume_continues_and_leaves_the_earlier_run_alone(run, compose_cfg, tmp
 @pytest.mark.parametrize("bad", ["truncated", "other_model", "weights_only"])
 def test_resume_from_bad_checkpoint_fails_before_writing(bad, run, compose_cfg, tmp_path):
     """Resuming into a folder that already holds a run (Hydra reuses a folder when two runs
-    start in the same second, or on hydra.run.dir=...) fails before touching its files."""
+    start in the same second, or on hydra.run.dir=...) fails before touching its files: the
+    only change is the failed run's own metrics.json ("failed", with the error), the earlier
+    one moved aside whole (seglab.utils.failure.recorded_failure)."""
     folder = tmp_path / "reused"
     shutil.copytree(run[0], folder)
     before = snapshot(folder)
@@ -463,7 +465,13 @@ def test_resume_from_bad_checkpoint_fails_before_writing(bad, run, compose_cfg, 
     cfg = compose_config("train", [f"ckpt_path={ckpt}", *overrides], folder)
     with pytest.raises(ValueError, match=re.escape(f"ckpt_path={str(ckpt)!r}: ") + ".*" + pattern):
         train(cfg)
-    assert snapshot(folder) == before
+    after = snapshot(folder)
+    (aside,) = [name for name in after if name.startswith("metrics.before-")]
+    assert after.pop(aside)[0] == before["metrics.json"][0]  # the earlier result, byte for byte
+    failed = json.loads((folder / "metrics.json").read_text())
+    assert failed["status"] == "failed" and re.search(pattern, failed["error"])
+    after.pop("metrics.json"), before.pop("metrics.json")
+    assert after == before
 
 
 # ------------------------------------------------------------------------------ metrics.json
