@@ -1,7 +1,7 @@
 """Peak memory of every model on the built-in data: does each default job fit the machine?
 
 Setup: ``python src/train.py model=M data=shapes debug=fast_dev_run`` (one train, val and test
-batch; default settings otherwise: 64x64 scenes, batches of 16 / 32 (train / eval) for the
+batch; default settings otherwise: 64x64 scenes, batches of 16 / 8 (train / eval) for the
 semantic models and 4 / 2 for the detectors, which take the scenes at their own size,
 ``data.detector_scale``) for every ``conf/model/*.yaml``, each in a fresh process on the CPU,
 then the detectors (or, with ``--ddp-all``, every model) with ``trainer=ddp_cpu
