@@ -206,7 +206,7 @@ class Interruption(Callback):
             return
         self.signal_name = self.signal_name or "SIGTERM"
         path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # full: it must resume
         self.checkpoint = path
         log.warning("%s: saved step %d to %s", self.signal_name, trainer.global_step, path)
         if requeue and trainer.is_global_zero:
