@@ -1,7 +1,8 @@
 """glibc malloc tuning (``malloc_tuning: true``, seglab/utils/memory.py) vs glibc's defaults.
 
-Setup: the default job's training step (``model=unet_small``: padded U-Net, 16 base channels,
-batch norm; 6 classes; batch 16 x 3 x 64 x 64; Adam; cross-entropy), CPU, float32, in a plain
+Setup: the default job's training step as it was until 2026-11-30 (``model=unet_small``: padded
+U-Net, 16 base channels, batch norm; 6 classes; batch 16 x 3 x 64 x 64, now 8; Adam, not fused;
+cross-entropy; kept so that figures compare over time), CPU, float32, in a plain
 loop. Each side runs in its own fresh process (malloc settings cannot be undone in a process),
 alternating for ROUNDS rounds of STEPS timed steps after WARMUP steps. Prints the median step
 time and the minor page faults per step of each side, and the ratio of the median faults

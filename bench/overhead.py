@@ -1,8 +1,9 @@
 """Lightning overhead: seglab's U-Net training step through Lightning vs a plain PyTorch loop.
 
 Setup: the main job's network (``model=unet_small``: padded U-Net, 16 base channels, depth 4,
-batch norm) on 6 classes, one fixed batch of 16 x 3 x 64 x 64 (the default ``data=shapes``
-batch), Adam (lr 3e-3), CPU, float32.
+batch norm) on 6 classes, one fixed batch of 16 x 3 x 64 x 64 (``data=shapes``'s default batch
+until 2026-11-30, now 8; kept so that figures compare over time), Adam (lr 3e-3, not fused), CPU,
+float32.
 
 The Lightning side is ``SemanticSegmentationTask`` in ``Trainer.fit`` (its loss, ``self.log``
 and per-step training metrics included; no progress bar, checkpointing or logger), one step
