@@ -87,3 +87,15 @@ def test_legacy_config_is_upgraded_where_it_is_read(tmp_path, compose_cfg):
         assert key not in run_cfg.data
     assert run_cfg.data.weight_map._target_.endswith("UNetWeightMap")
     assert run_cfg.data.weight_map.w0 == 10.0 and run_cfg.data.weight_map.sigma == 5.0
+
+
+def test_plus_data_key_changes_one_key_of_the_checkpoints_data(tmp_path, compose_cfg):
+    ckpt = _relocated("tiny_unet_shapes", tmp_path)
+    saved, _ = config_from_checkpoint(compose_cfg("eval", overrides=[f"ckpt_path={ckpt}"]))
+    run_cfg, _ = config_from_checkpoint(
+        compose_cfg("eval", overrides=[f"ckpt_path={ckpt}", "+data.eval_batch_size=3"])
+    )
+    assert run_cfg.data.eval_batch_size == 3 != saved.data.eval_batch_size
+    assert {k: v for k, v in run_cfg.data.items() if k != "eval_batch_size"} == {
+        k: v for k, v in saved.data.items() if k != "eval_batch_size"
+    }

@@ -91,3 +91,35 @@ def test_metric_averages_over_images():
         metric.update(target.unsqueeze(0), target[:, :5].unsqueeze(0))
     with pytest.raises(ValueError, match="logits"):
         metric.update(target.float(), target)
+
+
+def _bridged_logits(bridge_probability: float) -> torch.Tensor:
+    """(1, 2, 10, 9) logits of the two cells of ``_two_cells``: cells 0.99 foreground, membrane
+    0.01, and one membrane pixel between them at ``bridge_probability``."""
+    probability = np.where(_two_cells() == 1, 0.99, 0.01)
+    probability[2, 4] = bridge_probability
+    p = torch.from_numpy(probability)
+    return torch.stack([torch.log(1 - p), torch.log(p)])[None].float()
+
+
+def test_seeded_watershed_keeps_cells_apart_that_a_bridge_merges():
+    target = torch.from_numpy(_two_cells())[None]
+    logits = _bridged_logits(0.6)  # above 0.5: the argmax components merge the two cells
+    plain, watershed = RandError(), RandError(watershed={"seed_threshold": 0.9})
+    plain.update(logits, target)
+    watershed.update(logits, target)
+    assert plain.compute().item() == pytest.approx(_merged_error([16, 16]))
+    assert watershed.compute().item() == 0.0
+
+
+def test_seeded_watershed_options_are_checked():
+    with pytest.raises(ValueError, match="seed_threshold is required"):
+        RandError(watershed={"sigma": 1.0})
+    with pytest.raises(ValueError, match=r"unknown.*\['seed_threshold'"):
+        RandError(watershed={"seed_threshold": 0.9, "threshold": 0.5})
+    with pytest.raises(ValueError, match="mask_threshold"):
+        RandError(watershed={"seed_threshold": 0.4})
+    with pytest.raises(ValueError, match="float logits"):
+        RandError(watershed={"seed_threshold": 0.9}).update(
+            torch.from_numpy(_two_cells())[None], torch.from_numpy(_two_cells())[None]
+        )

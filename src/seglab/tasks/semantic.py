@@ -51,6 +51,9 @@ class SemanticSegmentationTask(SegmentationTask):
             "tile_size": ...}`` (see ``seglab.inference.predict_logits``).
         extra_metrics: also log ``pixel_error`` (1 - pixel accuracy) and/or ``rand_error``
             (foreground-restricted Rand error of the 4-connected class-1 components, ISBI 2012).
+        rand_error_watershed: score ``rand_error`` on the seeded-watershed cells of the class-1
+            probability instead (``{seed_threshold, mask_threshold, sigma}``, see
+            ``seglab.metrics.rand_error.seeded_watershed``); None: the argmax components.
     """
 
     main_metric = "miou"
@@ -67,6 +70,7 @@ class SemanticSegmentationTask(SegmentationTask):
         class_names: Sequence[str] | None = None,
         inference: Mapping[str, Any] | None = None,
         extra_metrics: Sequence[str] = (),
+        rand_error_watershed: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__(
             net=net,
@@ -103,7 +107,10 @@ class SemanticSegmentationTask(SegmentationTask):
             "loss", ("val", "test"), lambda: MeanMetric().set_dtype(torch.float64)
         )
         if "rand_error" in self.extra_metrics:
-            self.add_stage_metric("rand_error", ("val", "test"), RandError)
+            watershed = None if rand_error_watershed is None else dict(rand_error_watershed)
+            self.add_stage_metric(
+                "rand_error", ("val", "test"), lambda: RandError(watershed=watershed)
+            )
         self.inference = dict(inference or {"mode": "whole"})
         self.inference.setdefault("mode", "whole")
 
@@ -222,7 +229,7 @@ class SemanticSegmentationTask(SegmentationTask):
             metrics["loss"].update(total / normaliser, weight=normaliser)
         metrics["metrics"].update(logits, mask)
         if "rand_error" in metrics:
-            metrics["rand_error"].update(logits.max(dim=1).indices, mask)
+            metrics["rand_error"].update(logits, mask)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Class indices int64 (N, H, W) of ``batch["image"]`` (N, C, H, W), by ``self.infer``.

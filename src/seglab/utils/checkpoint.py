@@ -29,8 +29,9 @@ def config_from_checkpoint(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]
     """Merge the config saved in ``cfg.ckpt_path`` with the groups chosen on the command line.
 
     ``model`` and ``data`` come from the checkpoint unless ``cfg`` sets them (``data=camvid`` on
-    the command line evaluates on another dataset, for example); everything else comes from
-    ``cfg``. The saved ``data`` is upgraded to today's keys (``upgrade_data_config``). Returns
+    the command line evaluates on another dataset, for example); ``+data.KEY=VALUE`` without
+    ``data=NAME`` (a node without ``_target_``) changes keys of the checkpoint's own; everything
+    else comes from ``cfg``. The saved ``data`` is upgraded to today's keys (``upgrade_data_config``). Returns
     the merged config and the loaded checkpoint.
 
     The file is read as data only and its config may only name the ``_target_`` classes of the
@@ -57,13 +58,24 @@ def config_from_checkpoint(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]
             f"ckpt_path={ckpt_path!r} carries no seglab config (not written by "
             "seglab's train): choose model=... and data=... on the command line"
         )
-    chosen = {k: cfg[k] for k in ("model", "data") if cfg.get(k) is not None}
+    # a chosen node without _target_ (+data.KEY=VALUE, no data=NAME) changes the saved one's keys
+    edits = {
+        k: cfg[k] for k in ("model", "data") if cfg.get(k) is not None and "_target_" not in cfg[k]
+    }
+    chosen = {k: cfg[k] for k in ("model", "data") if cfg.get(k) is not None and k not in edits}
     if isinstance(saved, dict):  # what is built from it must be seglab's own classes
         used = {k: v for k, v in saved.items() if k not in chosen}
         check_config_targets(used, f"ckpt_path={str(ckpt_path)!r}", trust=trust)
     base = OmegaConf.create(saved or {})
     if base.get("data") is not None:
         upgrade_data_config(base.data)  # weight_map: true / false of older checkpoints
+    for key, node in edits.items():
+        if base.get(key) is None:
+            raise ValueError(
+                f"ckpt_path={ckpt_path!r} carries no {key} config to change with "
+                f"+{key}.KEY=VALUE: choose {key}=NAME on the command line"
+            )
+        base[key] = OmegaConf.merge(base[key], node)
     merged = OmegaConf.merge(base, OmegaConf.masked_copy(cfg, [k for k in cfg if k not in chosen]))
     for key, node in chosen.items():
         merged[key] = node
