@@ -21,9 +21,12 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.ops import FrozenBatchNorm2d
 
+import seglab.eval
+import seglab.predict
 from seglab.models import FCN, MaskRCNN, PSPNet, SegNet
 from seglab.models.backbones import (
     cache_path,
+    reads_pretrained_files,
     resnet,
     resolve_weights,
     skip_pretrained_files,
@@ -34,6 +37,7 @@ from seglab.models.deeplab import DeepLabV3
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 _BROADCAST = 100_000
+LEGACY = Path(__file__).parents[1] / "fixtures" / "legacy"
 
 
 def planted_state(builder: Callable[[], nn.Module]) -> dict[str, torch.Tensor]:
@@ -271,3 +275,31 @@ def test_download_on_uses_torchvisions_hash_checked_download(
         FCN(num_classes=2, backbone_weights="imagenet", download_weights=True)
     assert vgg.url in str(err.value) and str(cache_path(vgg)) in str(err.value)
     assert not cache_path(vgg).exists()
+
+
+class _Built(Exception):
+    """Raised by the spy in place of building the task."""
+
+
+def test_eval_and_predict_build_the_checkpoints_net_without_pretrained_files(
+    compose_cfg, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Their checkpoint's weights replace the pretrained ones: a checkpoint trained from
+    ``imagenet`` is scored on a machine without torchvision's file."""
+    reads: list[bool] = []
+
+    def spy(*args: object, **kwargs: object) -> None:
+        reads.append(reads_pretrained_files())
+        raise _Built
+
+    monkeypatch.setattr(seglab.eval, "build_task", spy)
+    monkeypatch.setattr(seglab.predict, "build_task", spy)
+    ckpt = f"ckpt_path={LEGACY / 'tiny_unet_shapes.ckpt'}"
+    with pytest.raises(_Built):
+        seglab.eval.evaluate(compose_cfg("eval", [ckpt, "split=val"]))
+    with pytest.raises(_Built):
+        seglab.predict.predict(
+            compose_cfg("predict", [ckpt, "input=val", f"output={tmp_path / 'out'}"])
+        )
+    assert reads == [False, False]
+    assert reads_pretrained_files()
