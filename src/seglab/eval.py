@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from seglab.inference import configure_inference
+from seglab.models.backbones import skip_pretrained_files
 from seglab.utils.checkpoint import config_from_checkpoint, load_weights
 from seglab.utils.instantiate import build_datamodule, build_list, build_task, build_trainer
 from seglab.utils.io import move_aside, write_json
@@ -38,7 +39,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     run_cfg, checkpoint = config_from_checkpoint(cfg)
     configure_inference(run_cfg, cfg.get("inference"))
     datamodule = build_datamodule(run_cfg.data)
-    model = build_task(run_cfg, datamodule)
+    with skip_pretrained_files():  # the checkpoint's weights replace them
+        model = build_task(run_cfg, datamodule)
     load_weights(model, checkpoint, f"ckpt_path={str(cfg.ckpt_path)!r}")
     del checkpoint
     metrics_path = Path(cfg.paths.output_dir) / "metrics.json"

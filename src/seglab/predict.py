@@ -19,6 +19,7 @@ from seglab.callbacks.writers import (
 )
 from seglab.data.prediction import is_split
 from seglab.inference import configure_inference
+from seglab.models.backbones import skip_pretrained_files
 from seglab.utils.checkpoint import config_from_checkpoint, load_weights
 from seglab.utils.instantiate import build_datamodule, build_task, build_trainer
 from seglab.utils.memory import tune_malloc
@@ -68,7 +69,8 @@ def predict(cfg: DictConfig) -> tuple[list[Path], dict[str, Any]]:
     writer = _writer(cfg, datamodule, str(source), split)
     if not split:
         writer.plan([str(path) for path in dataset.images])
-    model = build_task(run_cfg, datamodule)
+    with skip_pretrained_files():  # the checkpoint's weights replace them
+        model = build_task(run_cfg, datamodule)
     load_weights(model, checkpoint, f"ckpt_path={str(cfg.ckpt_path)!r}")
     del checkpoint
     trainer = build_trainer(run_cfg, logger=False, callbacks=[writer])

@@ -145,6 +145,15 @@ class DeepLabV3(SegmentationModel):
     - ``aux=True`` adds torchvision's auxiliary FCN head on res4 (the paper has none).
     - ``in_channels != 3`` replaces conv1 (pretrained filters averaged over RGB).
 
+    Pretrained backbone: ``backbone_weights`` is ``"imagenet"``, a torchvision weights name or a
+    local file (``seglab.models.backbones``); torchvision downloads its file only with
+    ``download_weights=True``. The paper fine-tunes the backbone's batch norm, having found it
+    important to train (Sec. 4.1, batch 16 at output stride 16): the default. For its second
+    training stage (output stride 8, on trainval) it freezes batch norm, which
+    ``frozen_batch_norm=True`` gives (torchvision's ``FrozenBatchNorm2d`` in the backbone; the
+    ASPP's own batch norm still trains). ``trainable_backbone_layers`` below 5 also stops the
+    gradient of the stem and the first stages (the paper trains all 5).
+
     Shapes: ``forward(x: (N, in_channels, H, W)) -> (N, num_classes, H, W)``; with ``aux=True``,
     ``{"out", "aux"}`` of that shape in train mode. Training needs batch size > 1 (BN after the
     image-level pooling).
@@ -157,6 +166,9 @@ class DeepLabV3(SegmentationModel):
         in_channels: int = 3,
         backbone: str = "resnet101",
         backbone_weights: str | Path | None = None,
+        download_weights: bool = False,
+        frozen_batch_norm: bool = False,
+        trainable_backbone_layers: int = 5,
         output_stride: int = 16,
         multi_grid: Sequence[int] | None = (1, 2, 4),
         aspp_rates: Sequence[int] | None = None,
@@ -172,6 +184,9 @@ class DeepLabV3(SegmentationModel):
             output_stride=output_stride,
             multi_grid=multi_grid,
             weights=backbone_weights,
+            download=download_weights,
+            frozen_batch_norm=frozen_batch_norm,
+            trainable_layers=trainable_backbone_layers,
         )
         self.classifier = DeepLabV3Head(
             self.backbone.out_channels["res5"],
@@ -236,6 +251,9 @@ class DeepLabV3Plus(SegmentationModel):
     - ``aux=True`` adds an auxiliary FCN head on res4 (the paper has none).
     - ``in_channels != 3`` replaces conv1 (pretrained filters averaged over RGB).
 
+    Pretrained backbone, ``frozen_batch_norm`` and ``trainable_backbone_layers``: as
+    ``DeepLabV3``, whose training protocol (batch norm fine-tuned) the paper keeps (Sec. 4).
+
     Shapes: ``forward(x: (N, in_channels, H, W)) -> (N, num_classes, H, W)``; with ``aux=True``,
     ``{"out", "aux"}`` of that shape in train mode.
     """
@@ -247,6 +265,9 @@ class DeepLabV3Plus(SegmentationModel):
         in_channels: int = 3,
         backbone: str = "resnet101",
         backbone_weights: str | Path | None = None,
+        download_weights: bool = False,
+        frozen_batch_norm: bool = False,
+        trainable_backbone_layers: int = 5,
         output_stride: int = 16,
         multi_grid: Sequence[int] | None = (1, 2, 4),
         aspp_rates: Sequence[int] | None = None,
@@ -264,6 +285,9 @@ class DeepLabV3Plus(SegmentationModel):
             output_stride=output_stride,
             multi_grid=multi_grid,
             weights=backbone_weights,
+            download=download_weights,
+            frozen_batch_norm=frozen_batch_norm,
+            trainable_layers=trainable_backbone_layers,
         )
         channels = self.backbone.out_channels
         self.aspp = ASPP(

@@ -56,7 +56,9 @@ class FCN(nn.Module):
     Deviations from the paper, each only where it applies:
 
     - Pretrained weights are torchvision's VGG16 (RGB, ImageNet mean and std), not Caffe's
-      (BGR, mean only).
+      (BGR, mean only): ``backbone_weights`` is ``"imagenet"`` (``VGG16_Weights.IMAGENET1K_V1``),
+      another torchvision name or a local file (``seglab.models.backbones``); torchvision
+      downloads its file only with ``download_weights=True``.
     - ``in_channels != 3`` replaces conv1_1 (pretrained filters averaged over RGB).
     - FCN-16s/8s are trained all at once; the staged schedule and the "at-once" pool3/pool4
       feature scaling (0.0001 / 0.01) of the reference models are left to the training recipe.
@@ -73,6 +75,7 @@ class FCN(nn.Module):
         in_channels: int = 3,
         variant: str = "8s",
         backbone_weights: str | Path | None = None,
+        download_weights: bool = False,
         dropout: float = 0.5,
         upsample_bias: bool = False,
         freeze_upsampling: bool = False,
@@ -82,7 +85,10 @@ class FCN(nn.Module):
             raise ValueError(f"FCN variant={variant!r}: expected '32s', '16s' or '8s'")
         self.variant = variant
         vgg = backbones.vgg16(
-            in_channels=in_channels, weights=backbone_weights, unused=("classifier.6.",)
+            in_channels=in_channels,
+            weights=backbone_weights,
+            download=download_weights,
+            unused=("classifier.6.",),
         )
         features = vgg.features
         features[0].padding = (100, 100)

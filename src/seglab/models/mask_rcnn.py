@@ -17,6 +17,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from seglab.models import backbones
 from seglab.utils.safe_load import UntrustedFileError, read_torch_file
 
 __all__ = ["BACKBONES", "MaskRCNN", "backbone_training"]
@@ -41,8 +42,11 @@ def backbone_training(
     frozen_batch_norm: bool | None,
 ) -> tuple[int, bool]:
     """The backbone stages that train and whether its batch norm is frozen; None picks every
-    stage and ordinary batch norm from scratch, 3 stages and frozen batch norm (torchvision's
-    choices) when ``pretrained`` (backbone or whole-model weights are loaded)."""
+    stage and ordinary batch norm from scratch, 3 stages and frozen batch norm when ``pretrained``
+    (backbone or whole-model weights are loaded): the stem and res2 frozen and batch norm fixed,
+    as the Detectron code released with Mask R-CNN (``FREEZE_AT: 2``, batch norm as fixed affine
+    layers) and torchvision's ``maskrcnn_resnet50_fpn``, after He et al.'s ResNet paper, which
+    fixes the ImageNet batch-norm statistics when fine-tuning for detection (Appendix A)."""
     max_layers, _ = BACKBONES[backbone]
     if trainable_backbone_layers is None:
         trainable_backbone_layers = 3 if pretrained else max_layers
@@ -106,8 +110,10 @@ class MaskRCNN(TorchvisionMaskRCNN):
     - torchvision's ResNets put the stride of a bottleneck in its 3x3 conv (ResNet v1.5), the
       paper's Caffe ResNets in the 1x1 conv.
     - Without backbone weights the backbone trains from scratch with ordinary batch norm
-      (torchvision's choice); the paper fine-tunes ImageNet weights with frozen batch norm, which is
-      what ``frozen_batch_norm`` gives (on by default when ``backbone_weights`` is set).
+      (torchvision's choice); the paper's code (Detectron) fine-tunes ImageNet weights with
+      frozen batch norm and a frozen stem and res2, which is what ``frozen_batch_norm`` and
+      ``trainable_backbone_layers`` give (by default when ``backbone_weights`` or ``weights`` is
+      set; see ``backbone_training``).
     - ResNet-18/34/101 and MobileNetV3-Large FPN backbones are options (MobileNetV3-FPN as in
       torchvision's ``fasterrcnn_mobilenet_v3_large_fpn``: 3 feature maps, every anchor size on each).
 
@@ -115,8 +121,15 @@ class MaskRCNN(TorchvisionMaskRCNN):
         num_classes: K, background included.
         backbone: ``resnet50`` (default), ``resnet18``, ``resnet34``, ``resnet101`` or
             ``mobilenet_v3_large``, each with an FPN.
-        backbone_weights: path of a local ImageNet state-dict file of the backbone network (e.g.
-            torchvision's ``resnet50-0676ba61.pth``); None trains from scratch. Nothing is downloaded.
+        backbone_weights: the backbone network's ImageNet weights: ``"imagenet"`` (torchvision's
+            ``IMAGENET1K_V1``, the weights torchvision's ``maskrcnn_resnet50_fpn`` starts from),
+            another name of the backbone's torchvision weights enum (``"IMAGENET1K_V2"``,
+            ``"ResNet50_Weights.IMAGENET1K_V2"``), read from torchvision's cache
+            (``seglab.models.backbones``), or the path of a local state-dict file (e.g.
+            ``resnet50-0676ba61.pth``); None trains from scratch.
+        download_weights: when ``backbone_weights`` names torchvision weights whose file is not
+            in torchvision's cache, let torchvision download it (hash-checked); off (default),
+            that is an error naming the file, the path to place it at and its URL.
         weights: path of a local state-dict file of a whole Mask R-CNN (torchvision's
             ``maskrcnn_resnet50_fpn_coco-*.pth`` or a seglab checkpoint); the class-specific predictor
             layers are skipped when their shapes differ (another ``num_classes``).
@@ -155,6 +168,7 @@ class MaskRCNN(TorchvisionMaskRCNN):
         num_classes: int,
         backbone: str = "resnet50",
         backbone_weights: str | None = None,
+        download_weights: bool = False,
         weights: str | None = None,
         trainable_backbone_layers: int | None = None,
         frozen_batch_norm: bool | None = None,
@@ -218,8 +232,8 @@ class MaskRCNN(TorchvisionMaskRCNN):
                 trainable_layers=trainable_backbone_layers,
             )
             sizes = (tuple(int(s) for s in anchor_sizes),) * levels
-        if backbone_weights is not None:
-            self._load_backbone(body, backbone, backbone_weights)
+        if backbone_weights is not None and backbones.reads_pretrained_files():
+            self._load_backbone(body, backbone, backbone_weights, download=download_weights)
         ratios = (tuple(float(r) for r in anchor_aspect_ratios),) * len(sizes)
         super().__init__(
             body,
@@ -249,13 +263,19 @@ class MaskRCNN(TorchvisionMaskRCNN):
         )
         self.num_classes = num_classes
         self.backbone_name = backbone
-        if weights is not None:
+        if weights is not None and backbones.reads_pretrained_files():
             self.load_weights(weights)
 
     @staticmethod
-    def _load_backbone(body: nn.Module, backbone: str, path: str) -> None:
-        """Load an ImageNet classifier's state dict into the FPN body (classifier layers dropped)."""
-        state = _read_state_dict(path, "backbone_weights")
+    def _load_backbone(body: nn.Module, backbone: str, weights: str, *, download: bool) -> None:
+        """Load an ImageNet classifier's state dict, torchvision's or a local file's, into the FPN
+        body (classifier layers dropped)."""
+        source = backbones.resolve_weights(backbone, weights)
+        if isinstance(source, Path):
+            state = _read_state_dict(source, "backbone_weights")
+        else:
+            where = f"model.net.backbone_weights={weights!r}"
+            _, state = backbones.read_torchvision_weights(source, where, download=download)
         if backbone.startswith("mobilenet"):
             state = {k.removeprefix("features."): v for k, v in state.items()}
         state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
@@ -263,7 +283,7 @@ class MaskRCNN(TorchvisionMaskRCNN):
         missing = [k for k in missing if not k.endswith("num_batches_tracked")]
         if missing or unexpected:
             raise ValueError(
-                f"model.net.backbone_weights={path!r} does not fit {backbone}: missing "
+                f"model.net.backbone_weights={weights!r} does not fit {backbone}: missing "
                 f"{missing[:5]}, unexpected {unexpected[:5]}"
             )
 

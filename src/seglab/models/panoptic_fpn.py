@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from seglab.inference import panoptic_merge
+from seglab.models import backbones
 from seglab.models.heads import resize
 from seglab.models.mask_rcnn import BACKBONES, MaskRCNN, backbone_training
 
@@ -134,7 +135,7 @@ class PanopticFPN(MaskRCNN):
         mask_threshold: predicted mask probabilities at or above it form an instance's mask.
         backbone: ``resnet18``, ``resnet34``, ``resnet50`` (default) or ``resnet101``, with an FPN.
         **detector: every other ``MaskRCNN`` keyword (``backbone_weights``,
-            ``trainable_backbone_layers``, ``frozen_batch_norm``, ``min_size``, ``max_size``,
+            ``download_weights``, ``trainable_backbone_layers``, ``frozen_batch_norm``, ``min_size``, ``max_size``,
             ``image_mean``, ``image_std``, ``anchor_*``, ``rpn_*``, ``box_*``).
     """
 
@@ -210,7 +211,7 @@ class PanopticFPN(MaskRCNN):
         self.overlap_threshold = overlap_threshold
         self.stuff_area = stuff_area
         self.mask_threshold = mask_threshold
-        if weights is not None:
+        if weights is not None and backbones.reads_pretrained_files():
             self.load_weights(weights)
 
     def forward(

@@ -66,6 +66,14 @@ class PSPNet(SegmentationModel):
     - Bilinear resizing uses ``align_corners=False`` (Caffe's Interp layer aligns corners).
     - ``in_channels != 3`` replaces conv1 (pretrained filters averaged over RGB).
 
+    Pretrained backbone: ``backbone_weights`` is ``"imagenet"``, a torchvision weights name or a
+    local file (``seglab.models.backbones``); torchvision downloads its file only with
+    ``download_weights=True``. The paper fine-tunes the backbone's batch norm and reports that
+    the batch size it sees matters (Sec. 5.1): the default. ``frozen_batch_norm=True`` keeps the
+    ImageNet statistics instead (torchvision's ``FrozenBatchNorm2d`` in the backbone; the head's
+    batch norm still trains), for batches too small to estimate them; ``trainable_backbone_layers``
+    below 5 also stops the gradient of the stem and the first stages (the paper trains all 5).
+
     Shapes: ``forward(x: (N, in_channels, H, W)) -> (N, num_classes, H, W)`` in eval mode;
     ``{"out": (N, K, H, W), "aux": (N, K, H, W)}`` in train mode when ``aux=True``.
     Training needs more than one value per BN channel in the 1x1 bin (batch size > 1).
@@ -78,6 +86,9 @@ class PSPNet(SegmentationModel):
         in_channels: int = 3,
         backbone: str = "resnet50",
         backbone_weights: str | Path | None = None,
+        download_weights: bool = False,
+        frozen_batch_norm: bool = False,
+        trainable_backbone_layers: int = 5,
         output_stride: int = 8,
         ppm_bins: Sequence[int] = (1, 2, 3, 6),
         ppm_channels: int | None = None,
@@ -87,7 +98,13 @@ class PSPNet(SegmentationModel):
     ) -> None:
         super().__init__()
         self.backbone = backbones.resnet(
-            backbone, in_channels=in_channels, output_stride=output_stride, weights=backbone_weights
+            backbone,
+            in_channels=in_channels,
+            output_stride=output_stride,
+            weights=backbone_weights,
+            download=download_weights,
+            frozen_batch_norm=frozen_batch_norm,
+            trainable_layers=trainable_backbone_layers,
         )
         c5 = self.backbone.out_channels["res5"]
         self.ppm = PSPModule(c5, bins=ppm_bins, channels=ppm_channels or c5 // len(ppm_bins))

@@ -35,7 +35,10 @@ class SegNet(nn.Module):
 
     Deviations from the paper, each only where it applies:
 
-    - Pretrained encoder weights are torchvision's VGG16-BN (RGB, ImageNet mean/std).
+    - Pretrained encoder weights are torchvision's VGG16-BN (RGB, ImageNet mean/std):
+      ``backbone_weights`` is ``"imagenet"`` (``VGG16_BN_Weights.IMAGENET1K_V1``), another
+      torchvision name or a local file (``seglab.models.backbones``); torchvision downloads its
+      file only with ``download_weights=True``. The encoder's batch norm trains, as the paper's.
     - ``in_channels != 3`` replaces conv1_1 (pretrained filters averaged over RGB).
     - Odd feature sizes are pooled with floor and unpooled back to the size before pooling, so
       any H, W >= 32 works (the paper used 360x480).
@@ -51,9 +54,15 @@ class SegNet(nn.Module):
         num_classes: int,
         in_channels: int = 3,
         backbone_weights: str | Path | None = None,
+        download_weights: bool = False,
     ) -> None:
         super().__init__()
-        vgg = backbones.vgg16(batch_norm=True, in_channels=in_channels, weights=backbone_weights)
+        vgg = backbones.vgg16(
+            batch_norm=True,
+            in_channels=in_channels,
+            weights=backbone_weights,
+            download=download_weights,
+        )
         stages: list[nn.Sequential] = []
         layers: list[nn.Module] = []
         for layer in vgg.features:
