@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from seglab.callbacks import EmbedConfig, ExactResume, Interruption, wandb_callb
 from seglab.callbacks.nan_guard import NanGuard
 from seglab.callbacks.rank_failure import EndRanksOnFailure
 from seglab.compare import log_hparams
+from seglab.models.backbones import skip_pretrained_files
 from seglab.utils.checkpoint import load_weights
 from seglab.utils.config import run_config, task_overrides
 from seglab.utils.console import quiet_known_noise
@@ -83,8 +85,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     output_dir = Path(cfg.paths.output_dir)
 
     datamodule = build_datamodule(cfg.data)
-    model = build_task(cfg, datamodule)
     ckpt_path = cfg.get("ckpt_path")
+    # resuming: the checkpoint replaces every weight, so the pretrained files are not read again
+    with skip_pretrained_files() if ckpt_path is not None else nullcontext():
+        model = build_task(cfg, datamodule)
     trust = bool(cfg.get(TRUST_KEY, False))  # load checkpoints in full, not as data only
     if ckpt_path is not None and str(ckpt_path) not in _LIGHTNING_CKPT_NAMES:
         _check_resume(model, str(ckpt_path), trust)
