@@ -5,7 +5,9 @@ at the input's size, runs without gradients and leaves the model's train/eval mo
 ``model.eval()`` first). A model may return plain logits or a mapping with the logits under
 ``"out"`` (torchvision's segmentation models do). Written by hand because neither torch nor
 Lightning tiles inference, and the overlap-tile stitching depends on the U-Net's pooling grid.
-``configure_inference`` chooses the mode and options eval and predict run a checkpoint with.
+``tta_logits`` wraps any of them in test-time augmentation (flips and rescaled copies of the
+image, their logits mapped back and averaged). ``configure_inference`` chooses the mode and
+options eval and predict run a checkpoint with.
 ``panoptic_merge`` combines a panoptic net's instances and semantic map into one segmentation.
 """
 
@@ -13,10 +15,11 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -25,8 +28,10 @@ __all__ = [
     "mirror_pad",
     "overlap_tile",
     "panoptic_merge",
+    "parse_tta",
     "predict_logits",
     "sliding_window",
+    "tta_logits",
     "whole",
 ]
 
@@ -49,7 +54,7 @@ def _check_image(image: torch.Tensor, caller: str) -> None:
         raise ValueError(f"{caller}: the image batch is empty")
 
 
-def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _logits(model: Callable[[torch.Tensor], Any], x: torch.Tensor) -> torch.Tensor:
     out = model(x)
     if isinstance(out, Mapping):
         out = out["out"]
@@ -261,6 +266,136 @@ _MODES: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+# Test-time augmentation views: the dims each flip reverses (mmsegmentation's "horizontal",
+# "vertical" and "diagonal" flip directions).
+_FLIPS: dict[str, tuple[int, ...]] = {"h": (-1,), "v": (-2,), "hv": (-2, -1)}
+_TTA_KEYS = ("flips", "scales", "average")
+_AVERAGES = ("logits", "probs")
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def parse_tta(value: Any, key: str = "inference.tta") -> dict[str, Any] | None:
+    """The test-time augmentation ``value`` checked and completed, or None for none.
+
+    ``value`` is null or false (none) or a mapping of ``flips`` (a list of ``h``, ``v`` and
+    ``hv``: left-right, up-down and both at once; default none), ``scales`` (positive factors;
+    default ``[1.0]``) and ``average`` (``logits``, the default, or ``probs``). Returns all three
+    keys as plain lists and a string.
+
+    Raises:
+        ValueError: naming ``<key>.<option>`` and what it takes.
+    """
+    value = _plain(value)
+    if value is None or value is False:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"{key}={value!r}: expected null, false or a mapping such as "
+            "{flips: [h], scales: [0.75, 1.0, 1.25]}"
+        )
+    return _check_tta(value, key)
+
+
+def _check_tta(value: Mapping[str, Any], key: str) -> dict[str, Any]:
+    unknown = sorted(set(value) - set(_TTA_KEYS))
+    if unknown:
+        raise ValueError(f"{key}.{unknown[0]}: no such option; {key} takes {list(_TTA_KEYS)}")
+    flips = _plain(value.get("flips"))
+    flips = [] if flips is None else flips
+    if isinstance(flips, str) or not isinstance(flips, (list, tuple)):
+        raise ValueError(
+            f"{key}.flips={flips!r}: expected a list of flips, e.g. [h] or [h, v] "
+            f"(one of {list(_FLIPS)} each)"
+        )
+    for flip in flips:
+        if flip not in _FLIPS:
+            raise ValueError(
+                f"{key}.flips={flips!r}: {flip!r} is no flip; expected h (left-right), "
+                "v (up-down) or hv (both at once)"
+            )
+    scales = _plain(value.get("scales"))
+    scales = [1.0] if scales is None else scales
+    if (
+        isinstance(scales, str)
+        or not isinstance(scales, (list, tuple))
+        or not scales
+        or not all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < math.inf
+            for s in scales
+        )
+    ):
+        raise ValueError(
+            f"{key}.scales={scales!r}: expected a non-empty list of positive numbers, e.g. "
+            "[0.75, 1.0, 1.25] (1.0: the image as it is)"
+        )
+    for name, items in (("flips", flips), ("scales", scales)):
+        if len(set(items)) != len(items):
+            raise ValueError(f"{key}.{name}={items!r}: each at most once")
+    average = value.get("average") or "logits"
+    if average not in _AVERAGES:
+        raise ValueError(f"{key}.average={average!r}: expected one of {list(_AVERAGES)}")
+    return {"flips": list(flips), "scales": [float(s) for s in scales], "average": average}
+
+
+@torch.no_grad()
+def tta_logits(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    *,
+    flips: Sequence[str] = (),
+    scales: Sequence[float] = (1.0,),
+    average: str = "logits",
+) -> torch.Tensor:
+    """Test-time augmentation as mmsegmentation's ``aug_test``: logits ``(N, K, H, W)`` of
+    ``image`` ``(N, C, H, W)`` averaged over its views.
+
+    For each scale the image is resized to ``H * scale x W * scale`` (rounded, halves up;
+    bilinear, ``align_corners=False``; 1.0 keeps it), and that copy and each of its ``flips``
+    is run through ``predict`` (one inference mode, e.g. ``sliding_window`` with its options
+    bound, or a model), whose logits must have the copy's size. Each view's logits are flipped
+    back and resized to ``H x W`` (bilinear), and their mean is returned: of the logits
+    (``average="logits"``), or the log of the mean softmax probabilities (``"probs"``,
+    mmsegmentation's choice), a logit map whose softmax is that mean.
+    ``len(scales) * (1 + len(flips))`` passes, one view at a time.
+    """
+    _check_image(image, "tta")
+    options = _check_tta({"flips": list(flips), "scales": list(scales), "average": average}, "tta")
+    height, width = image.shape[-2:]
+    total = image.new_zeros(())
+    views = 0
+    for scale in options["scales"]:
+        size = (max(int(height * scale + 0.5), 1), max(int(width * scale + 0.5), 1))
+        resized = image
+        if size != (height, width):
+            resized = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        for dims in [(), *(_FLIPS[flip] for flip in options["flips"])]:
+            view = resized.flip(dims) if dims else resized
+            logits = _logits(predict, view)
+            if logits.shape[-2:] != view.shape[-2:]:
+                raise ValueError(
+                    f"tta: the inference maps a {size[0]}x{size[1]} view to "
+                    f"{tuple(logits.shape[-2:])} logits; test-time augmentation needs logits at "
+                    "the input size (inference.mode=overlap_tile for unpadded nets)"
+                )
+            if dims:
+                logits = logits.flip(dims)
+            if logits.shape[-2:] != (height, width):
+                logits = F.interpolate(
+                    logits, size=(height, width), mode="bilinear", align_corners=False
+                )
+            if options["average"] == "probs":
+                logits = logits.softmax(dim=1)
+            total = total + logits
+            views += 1
+    mean = total / views
+    if options["average"] == "probs":
+        return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
+    return mean
+
+
 def _keyword_options(mode: str) -> dict[str, inspect.Parameter]:
     if mode not in _MODES:
         raise ValueError(f"inference mode={mode!r}: expected one of {sorted(_MODES)}")
@@ -272,11 +407,18 @@ def _keyword_options(mode: str) -> dict[str, inspect.Parameter]:
 
 
 def predict_logits(
-    model: nn.Module, image: torch.Tensor, mode: str = "whole", **options: object
+    model: nn.Module,
+    image: torch.Tensor,
+    mode: str = "whole",
+    *,
+    tta: Mapping[str, Any] | None = None,
+    **options: object,
 ) -> torch.Tensor:
     """Logits ``(N, K, H, W)`` for ``image`` ``(N, C, H, W)`` by ``mode``: ``"whole"`` (one pass),
     ``"slide"`` (``sliding_window``: ``crop_size``, ``stride``, ``num_classes``, ``batch_size``) or
-    ``"overlap_tile"`` (``overlap_tile``: ``tile_size``, ``step``, ``batch_size``)."""
+    ``"overlap_tile"`` (``overlap_tile``: ``tile_size``, ``step``, ``batch_size``); with ``tta``
+    (``flips``, ``scales``, ``average``; see ``parse_tta``) the mode runs on every view of
+    ``tta_logits``."""
     parameters = _keyword_options(mode)
     unknown = sorted(set(options) - set(parameters))
     if unknown:
@@ -289,7 +431,10 @@ def predict_logits(
     )
     if missing:
         raise ValueError(f"inference mode={mode!r} needs option(s) {missing}")
-    return _MODES[mode](model, image, **options)
+    augment = parse_tta(tta, "tta")
+    if augment is None:
+        return _MODES[mode](model, image, **options)
+    return tta_logits(lambda view: _MODES[mode](model, view, **options), image, **augment)
 
 
 def configure_inference(run_cfg: DictConfig, override: Mapping[str, Any] | None) -> None:
@@ -300,12 +445,20 @@ def configure_inference(run_cfg: DictConfig, override: Mapping[str, Any] | None)
     alone, as the configured options belong to the configured mode. ``num_classes``, which
     ``slide`` needs, is ``model.num_classes`` unless set.
 
+    ``tta`` (test-time augmentation, ``parse_tta``) wraps any mode, so it outlives a change of
+    mode: the override's non-null ``tta.*`` keys go over the configured ones, and
+    ``inference.tta=false`` turns a configured one off. It is stored complete, or not at all.
+
     Raises:
         ValueError: naming ``inference.<key>`` when the mode is unknown, an option is not one of
-            the mode's or a required one is missing, or when an override is given for a model
-            without inference settings (instance checkpoints).
+            the mode's or a required one is missing, a ``tta`` option is wrong, or when an
+            override is given for a model without inference settings (instance checkpoints).
     """
-    given = {k: v for k, v in (override or {}).items() if v is not None}
+    given = {k: v for k, v in (_plain(override) or {}).items() if v is not None}
+    if isinstance(given.get("tta"), Mapping):
+        given["tta"] = {k: v for k, v in given["tta"].items() if v is not None}
+        if not given["tta"]:
+            del given["tta"]
     if OmegaConf.select(run_cfg, "model.task") != "semantic":
         if given:
             raise ValueError(
@@ -316,6 +469,11 @@ def configure_inference(run_cfg: DictConfig, override: Mapping[str, Any] | None)
         return
     configured = OmegaConf.select(run_cfg, "model.inference", default=None)
     settings = dict(OmegaConf.to_container(configured, resolve=True) if configured else {})
+    tta, tta_override = settings.pop("tta", None), given.pop("tta", None)
+    if isinstance(tta, Mapping) and isinstance(tta_override, Mapping):
+        tta = {**tta, **tta_override}
+    elif tta_override is not None:
+        tta = tta_override
     settings.setdefault("mode", "whole")
     if given.get("mode", settings["mode"]) != settings["mode"]:
         settings = {}
@@ -335,6 +493,9 @@ def configure_inference(run_cfg: DictConfig, override: Mapping[str, Any] | None)
     for key, p in parameters.items():
         if p.default is p.empty and settings.get(key) is None:
             raise ValueError(f"inference.mode={mode} needs inference.{key}")
+    tta = parse_tta(tta, "inference.tta")
+    if tta is not None:
+        settings["tta"] = tta
     OmegaConf.update(run_cfg, "model.inference", settings, merge=False, force_add=True)
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
-from seglab.inference import mirror_pad, predict_logits
+from seglab.inference import mirror_pad, parse_tta, predict_logits, tta_logits
 from seglab.losses import pixel_cross_entropy
 from seglab.metrics.rand_error import RandError
 from seglab.metrics.semantic import SemanticMetrics
@@ -48,7 +48,9 @@ class SemanticSegmentationTask(SegmentationTask):
         class_names: names used for the per-class IoU logs.
         inference: how validation, test and predict run the net: ``{"mode": "whole"}`` (default),
             ``{"mode": "slide", "crop_size": ..., "stride": ...}`` or ``{"mode": "overlap_tile",
-            "tile_size": ...}`` (see ``seglab.inference.predict_logits``).
+            "tile_size": ...}`` (see ``seglab.inference.predict_logits``); any of them with
+            ``"tta": {"flips": [...], "scales": [...]}`` (test-time augmentation,
+            ``seglab.inference.tta_logits``; none when null or false).
         extra_metrics: also log ``pixel_error`` (1 - pixel accuracy) and/or ``rand_error``
             (foreground-restricted Rand error of the 4-connected class-1 components, ISBI 2012).
         rand_error_watershed: score ``rand_error`` on the seeded-watershed cells of the class-1
@@ -113,6 +115,9 @@ class SemanticSegmentationTask(SegmentationTask):
             )
         self.inference = dict(inference or {"mode": "whole"})
         self.inference.setdefault("mode", "whole")
+        tta = parse_tta(self.inference.pop("tta", None), "model.inference.tta")
+        if tta is not None:
+            self.inference["tta"] = tta
 
     @staticmethod
     def _parse_class_weights(option: Any, num_classes: int) -> torch.Tensor:
@@ -211,9 +216,17 @@ class SemanticSegmentationTask(SegmentationTask):
 
         ``whole`` is one plain pass, so an unpadded net's smaller output is scored against the
         centre of the mask, as in training; ``slide`` and ``overlap_tile`` give the input size.
+        With ``tta`` the mode runs on every augmented view, which needs the input size.
         """
         options = dict(self.inference)
-        mode = options.pop("mode")
+        mode, tta = options.pop("mode"), options.pop("tta", None)
+        if tta is None:
+            return self._infer_mode(images, mode, options)
+        return tta_logits(lambda view: self._infer_mode(view, mode, options), images, **tta)
+
+    def _infer_mode(
+        self, images: torch.Tensor, mode: str, options: Mapping[str, Any]
+    ) -> torch.Tensor:
         if mode == "whole" and not options:
             out = self._run_net(images)
             return out["out"] if isinstance(out, dict) else out
