@@ -355,6 +355,7 @@ def test_train_corrupt_slice_names_it_and_keeps_earlier_metrics(compose_cfg, tmp
             f"data.data_dir={root}",
             "data.train_slices=[0,1,2]",
             "data.val_slices=[3]",
+            "data.test_slices=[]",
             "data.crop_size=64",
             "trainer.accelerator=cpu",
             "trainer.max_epochs=1",

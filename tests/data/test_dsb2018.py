@@ -125,7 +125,7 @@ def test_hydra_config_builds_the_datamodule_and_batches(compose_cfg, dsb_dir):
     assert dm.eval_batch_size == 1 and dm.crop_size == 256
     assert any(isinstance(t, ElasticDeformation) for t in dm.train_transforms.transforms)
     dm.setup("fit")
-    assert len(dm.dataset("train")) == 59 and len(dm.dataset("val")) == 15
+    assert len(dm.dataset("train")) == 52 and len(dm.dataset("val")) == 7
 
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 3, 256, 256) and batch["mask"].shape == (2, 256, 256)
@@ -251,7 +251,11 @@ def test_split_rule():
     assert len(split["val"]) == 2 and len(split["train"]) == 8  # round(2.5) = 2
     assert split_dsb2018_ids(ids, val_fraction=0.0, seed=3)["val"] == []
     assert len(split_dsb2018_ids(ids, val_fraction=0.01, seed=3)["val"]) == 1
-    assert split_dsb2018_ids(["a"], val_fraction=0.5, seed=0) == {"train": ["a"], "val": []}
+    assert split_dsb2018_ids(["a"], val_fraction=0.5, seed=0) == {
+        "train": ["a"],
+        "val": [],
+        "test": [],
+    }
 
 
 @pytest.mark.realdata

@@ -71,7 +71,7 @@ def test_real_slices_counts_labels_and_splits(isbi_dir):
     assert [s.path.name for s in layout.images[:3]] == ["0.png", "1.png", "2.png"]
 
     dm = ISBI2012DataModule(data_dir=str(isbi_dir))
-    train, val, test = (dm.dataset(s) for s in ("train", "val", "test"))
+    train, val, test = (dm.dataset(s) for s in ("train", "val", "challenge"))
     assert (len(train), len(val), len(test)) == (25, 5, 30)
     assert val.images[0].path.name == "25.png" and train.images[-1].path.name == "24.png"
 
@@ -117,7 +117,7 @@ def test_real_batches_and_weight_maps(isbi_dir):
         checked += int(run.sum())
     assert checked > 1000
 
-    test = dm.dataset("test")
+    test = dm.dataset("challenge")
     assert (test[0]["weight"] == 1).all()
 
 
@@ -130,7 +130,7 @@ def test_tiff_stacks(tmp_path):
     layout = ISBI2012DataModule(data_dir=str(tmp_path)).layout
     assert layout.kind == "tif" and len(layout.images) == 6 and len(layout.test) == 4
     dm = ISBI2012DataModule(data_dir=str(tmp_path), val_slices=[4, 5], weight_map=True)
-    train, val, test = (dm.dataset(s) for s in ("train", "val", "test"))
+    train, val, test = (dm.dataset(s) for s in ("train", "val", "challenge"))
     assert (len(train), len(val), len(test)) == (4, 2, 4)
     sample = val.load_sample(1)
     np.testing.assert_array_equal(sample["image"][..., 0], images[5])
@@ -183,7 +183,7 @@ def test_missing_data_and_bad_config(tmp_path):
         ISBI2012DataModule(data_dir=str(tmp_path)).setup("fit")
     _write_tif(tmp_path / "train-labels.tif", labels)
     with pytest.raises(FileNotFoundError, match=r"test-volume\.tif"):
-        ISBI2012DataModule(data_dir=str(tmp_path), val_slices=[3]).setup("test")
+        ISBI2012DataModule(data_dir=str(tmp_path), val_slices=[3]).dataset("challenge")
     with pytest.raises(ValueError, match=r"data.val_slices holds \[25\]"):
         ISBI2012DataModule(data_dir=str(tmp_path), val_slices=[25]).setup("fit")
     with pytest.raises(ValueError, match=r"share the slice\(s\) \[1\]"):
@@ -216,7 +216,7 @@ def test_hydra_config_builds_the_datamodule(compose_cfg, isbi_dir):
     elastic = next(t for t in dm.train_transforms.transforms if isinstance(t, ElasticDeformation))
     assert (elastic.grid, elastic.sigma) == (3, 10.0)
     dm.setup("fit")
-    assert len(dm.dataset("train")) == 25 and len(dm.dataset("val")) == 5
+    assert len(dm.dataset("train")) == 23 and len(dm.dataset("val")) == 2
 
     # The paper's pipeline moves the weight map with the mask: cell pixels keep the cell's w_c.
     train_set = dm.dataset("train")

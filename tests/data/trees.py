@@ -144,8 +144,9 @@ def isbi_png(root: Path) -> Tree:
         _save(root / "train/label" / f"{i}.png", labels[i])
         _save(root / "test" / f"{i}.png", images[i])
     _save(root / "test" / "0_predict.png", labels[0])  # not a slice
-    overrides = ["data.val_slices=[3]", "data.crop_size=16"]
-    return Tree("isbi2012", overrides, {"train": 3, "val": 1, "test": 4}, labels[3] // 255)
+    overrides = ["data.val_slices=[3]", "data.test_slices=[2]", "data.crop_size=16"]
+    sizes = {"train": 2, "val": 1, "test": 1, "challenge": 4}
+    return Tree("isbi2012", overrides, sizes, labels[3] // 255)
 
 
 def isbi_tif(root: Path) -> Tree:
@@ -158,8 +159,9 @@ def isbi_tif(root: Path) -> Tree:
     ):
         pages = [Image.fromarray(s) for s in stack]
         pages[0].save(root / f"{name}.tif", save_all=True, append_images=pages[1:])
-    overrides = ["data.val_slices=[3]", "data.crop_size=16"]
-    return Tree("isbi2012", overrides, {"train": 3, "val": 1, "test": 2}, labels[3] // 255)
+    overrides = ["data.val_slices=[3]", "data.test_slices=[2]", "data.crop_size=16"]
+    sizes = {"train": 2, "val": 1, "test": 1, "challenge": 2}
+    return Tree("isbi2012", overrides, sizes, labels[3] // 255)
 
 
 def write_dsb_id(folder: Path, image_id: str, image: np.ndarray, masks: list[np.ndarray]) -> None:
@@ -178,7 +180,7 @@ def dsb2018(root: Path) -> Tree:
         b[10:20, 12 + k : 30] = 255
         write_dsb_id(folder, f"id{k}", _rgb(k), [a, b])
     overrides = ["data.val_fraction=0.25", "data.crop_size=16"]
-    tree = Tree("dsb2018", overrides, {"train": 3, "val": 1}, np.zeros(0))
+    tree = Tree("dsb2018", overrides, {"train": 2, "val": 1, "test": 1}, np.zeros(0))
     # val is the seeded choice of split_dsb2018_ids: its mask is checked against the files
     tree.extra["folder"] = folder
     return tree

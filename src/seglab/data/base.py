@@ -54,8 +54,9 @@ class DatasetInfo:
         views: task view -> its class names (background included), or None where the config or
             the files give them (``data.class_names``); the keys are the views offered.
         how_to_get: how to get the data, said whenever it is missing.
-        splits: the splits with labels.
-        unscored: split -> why it cannot be scored (asking for it raises, saying so).
+        splits: the splits this module reads, scored unless ``unscored`` lists them.
+        unscored: split -> why it cannot be scored (scoring it raises, saying so); one that
+            ``splits`` also lists is still read for predict (``input=<split>``).
         labels: raw label-file value -> class, or ``IGNORE``; any other value is an error.
         palette: one RGB triple per class (None: the VOC colour map).
         things: the panoptic view's number of thing classes (the first ones after void), where
@@ -827,14 +828,19 @@ class SegmentationDataModule(L.LightningDataModule):
             **kwargs,
         )
 
-    def dataset(self, split: str) -> Dataset:
-        """The dataset of ``split`` for the chosen view, built on first use."""
+    def refuse_unscored(self, split: str) -> None:
+        """Raise a ``ValueError`` saying why when ``split`` has no labels to score."""
         if split in self.info.unscored:
             raise ValueError(
                 f"data={self.info.name}: split '{split}' has no labels to score: "
                 f"{self.info.unscored[split]}"
             )
+
+    def dataset(self, split: str) -> Dataset:
+        """The dataset of ``split`` for the chosen view, built on first use (an unscored split
+        too where ``splits`` lists it: predict reads it, ``loader`` refuses to score it)."""
         if split not in self.splits:
+            self.refuse_unscored(split)
             raise ValueError(f"split={split!r}: data={self.info.name} has {list(self.splits)}")
         if split not in self.datasets:
             dataset = self.view(self.source(split), train=split == "train")
@@ -901,7 +907,8 @@ class SegmentationDataModule(L.LightningDataModule):
         return self.loader("test")
 
     def loader(self, split: str) -> DataLoader:
-        """An evaluation loader (no shuffling, no augmentation) over any split."""
+        """An evaluation loader (no shuffling, no augmentation) over any scored split."""
+        self.refuse_unscored(split)
         return self._loader(self.dataset(split), train=False, batch_size=self.eval_batch_size)
 
     def predict_dataset(self) -> Dataset:

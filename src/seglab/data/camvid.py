@@ -16,6 +16,7 @@ is ignored (``ignore_index`` 11 by default, SegNet's ``ignore_label``).
 
 from __future__ import annotations
 
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,10 @@ CAMVID = DatasetInfo(
 class CamVidDataModule(SegmentationDataModule):
     """``data=camvid``: SegNet's CamVid, 11 classes at 480x360, RGB input, semantic view only.
 
-    Splits ``train``, ``val`` and ``test`` are the pairs of their list files. SegNet's
-    median-frequency class weights come from ``median_frequency_weights()`` (over the train
-    annotations; Unlabelled pixels are ignored).
+    Splits ``train``, ``val`` (which chooses the checkpoint) and ``test`` (which is reported) are
+    the pairs of their list files, three different files. SegNet's median-frequency class
+    weights come from ``median_frequency_weights()`` (over the train annotations; Unlabelled
+    pixels are ignored).
 
     Args:
         data_dir: the ``CamVid`` folder.
@@ -71,6 +73,14 @@ class CamVidDataModule(SegmentationDataModule):
     ) -> None:
         super().__init__(**kwargs)
         self.lists = {"train": train_list, "val": val_list, "test": test_list}
+        root = Path(self.data_dir or "").expanduser()
+        for (a, file_a), (b, file_b) in combinations(self.lists.items(), 2):
+            if root / file_a == root / file_b:
+                raise ValueError(
+                    f"data.{a}_list and data.{b}_list are both {file_a!r}: each split needs "
+                    "its own list (the split that chooses the checkpoint is never the one "
+                    "reported)"
+                )
 
     def pairs(self, split: str) -> list[tuple[Path, Path]]:
         """The pairs of the split's list file, in its order.

@@ -42,7 +42,7 @@ DSB2018 = DatasetInfo(
     name="dsb2018",
     views={"semantic": CLASSES, "instance": CLASSES},
     how_to_get=HOW_TO_GET,
-    splits=("train", "val"),
+    splits=("train", "val", "test"),
     palette=((0, 0, 0), (255, 255, 255)),
     mean=(0.216, 0.210, 0.225),  # pixel-weighted over the 74-image sample
     std=(0.316, 0.310, 0.330),
@@ -108,18 +108,37 @@ def load_dsb2018_instances(
     return ids
 
 
+def _held_out(fraction: float, n: int) -> int:
+    """``round(fraction * n)``, at least 1 and at most n - 1 when ``fraction > 0`` and n >= 2."""
+    count = round(fraction * n)
+    return min(max(count, 1), n - 1) if fraction > 0 and n >= 2 else count
+
+
 def split_dsb2018_ids(
-    ids: Sequence[str], *, val_fraction: float, seed: int
+    ids: Sequence[str], *, val_fraction: float, seed: int, test_fraction: float = 0.0
 ) -> dict[str, list[str]]:
-    """Deterministic train / val split: the sorted ids shuffled with ``seed``; the first
-    ``round(val_fraction * n)`` (at least 1 and at most n - 1 when ``val_fraction > 0`` and
-    n >= 2) go to ``val``, for ``0 <= val_fraction < 1``. Each split is returned sorted."""
+    """Deterministic train / val / test split: the sorted ids shuffled with ``seed``; the first
+    ``round(test_fraction * n)`` go to ``test``, the next ``round(val_fraction * n)`` to ``val``
+    (each at least 1 when its fraction is > 0 and n >= 2), the rest to ``train``. ``test`` comes
+    first so that it is the ``val`` of the same fraction and seed without a test split. Each split
+    is returned sorted.
+
+    Raises:
+        ValueError: the held-out ids leave none to train on.
+    """
     ordered, n = sorted(ids), len(ids)
-    n_val = round(val_fraction * n)
-    if val_fraction > 0 and n >= 2:
-        n_val = min(max(n_val, 1), n - 1)
+    n_test, n_val = _held_out(test_fraction, n), _held_out(val_fraction, n)
+    if n and n_test + n_val >= n:
+        raise ValueError(
+            f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} hold out "
+            f"{n_val} + {n_test} of the {n} images, leaving none to train on"
+        )
     shuffled = [ordered[i] for i in np.random.default_rng(seed).permutation(n)]
-    return {"train": sorted(shuffled[n_val:]), "val": sorted(shuffled[:n_val])}
+    return {
+        "train": sorted(shuffled[n_test + n_val :]),
+        "val": sorted(shuffled[n_test : n_test + n_val]),
+        "test": sorted(shuffled[:n_test]),
+    }
 
 
 class DSB2018Images(SampleSource):
@@ -162,15 +181,21 @@ class DSB2018DataModule(SegmentationDataModule):
     (``task=semantic``: background / nucleus masks) or instance view (``task=instance``: one
     ``nucleus`` target per mask file).
 
-    Splits: ``train`` and ``val`` divide the ids of ``data_dir/train_folder`` by
-    ``split_dsb2018_ids`` (seeded shuffle, ``val_fraction``); there is no ``test`` split (stage 1
-    test masks are not in this layout). Images vary in size: the train pipeline crops to a fixed
-    size and evaluation takes them whole, one per batch (``eval_batch_size: 1`` in the yaml).
+    Splits: ``train``, ``val`` (which chooses the checkpoint) and ``test`` (which is reported)
+    divide the labelled ids of ``data_dir/train_folder`` by ``split_dsb2018_ids`` (seeded shuffle,
+    ``test_fraction``, ``val_fraction``); stage 1's own test masks are not in this layout. Images
+    vary in size: the train pipeline crops to a fixed size and evaluation takes them whole, one
+    per batch (``eval_batch_size: 1`` in the yaml).
+
+    The fraction defaults here are those of configs saved before ``test_fraction`` existed (20%
+    val, no test), so that their checkpoints evaluate on the images they were validated on;
+    ``conf/data/dsb2018.yaml`` holds out 20% for test (the same images as that val) and 10% for
+    val.
 
     Args:
         data_dir: the folder holding ``train_folder``.
         train_folder: the stage folder with the labelled ids.
-        val_fraction, split_seed: the train / val split.
+        val_fraction, test_fraction, split_seed: the train / val / test split.
         cache_masks: keep each image's composed instance-id map in memory after its first read
             (the mask files are read once, not every epoch).
         **kwargs: ``SegmentationDataModule``'s arguments.
@@ -184,23 +209,41 @@ class DSB2018DataModule(SegmentationDataModule):
         data_dir: str,
         train_folder: str = "stage1_train",
         val_fraction: float = 0.2,
+        test_fraction: float = 0.0,
         split_seed: int = 0,
         cache_masks: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(data_dir=data_dir, **kwargs)
-        if not 0 <= val_fraction < 1:
-            raise ValueError(f"data.val_fraction={val_fraction}: expected 0 <= val_fraction < 1")
+        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0 <= value < 1:
+                raise ValueError(f"data.{key}={value}: expected 0 <= {key} < 1")
+        if val_fraction + test_fraction >= 1:
+            raise ValueError(
+                f"data.val_fraction={val_fraction} + data.test_fraction={test_fraction} >= 1: "
+                "expected a sum below 1, leaving images to train on"
+            )
         self.folder = Path(data_dir).expanduser() / train_folder
         self.cache_masks = cache_masks
         self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
         self.split_seed = split_seed
 
     @cached_property
     def split_ids(self) -> dict[str, list[str]]:
-        """The sorted ids of ``train`` and ``val`` (listed on first use)."""
-        ids = list_dsb2018_ids(self.folder)
-        return split_dsb2018_ids(ids, val_fraction=self.val_fraction, seed=self.split_seed)
+        """The sorted ids of ``train``, ``val`` and ``test`` (listed on first use)."""
+        return split_dsb2018_ids(
+            list_dsb2018_ids(self.folder),
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            seed=self.split_seed,
+        )
 
     def source(self, split: str) -> DSB2018Images:
+        if split == "test" and not self.split_ids["test"]:
+            raise ValueError(
+                f"data=dsb2018: split='test' holds no image (data.test_fraction="
+                f"{self.test_fraction}, as in configs saved before the key existed); set "
+                "data.test_fraction (conf/data/dsb2018.yaml: 0.2), or score split=val"
+            )
         return DSB2018Images(self.folder, self.split_ids[split], cache_masks=self.cache_masks)

@@ -11,6 +11,11 @@ either on-disk layout under ``data_dir``:
 
 Label 0 (membrane) becomes class 0 and label 255 (cell) class 1, so 255 never collides with the
 default ``ignore_index``; any other label value raises a ``ValueError`` naming the file.
+
+The challenge scored the test stack on its server; its labels were never published. So the splits
+that are scored divide the 30 labelled slices: ``train``, ``val`` (which chooses the checkpoint)
+and ``test`` (which is reported), and the test stack is the split ``challenge``, predicted but
+never scored.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +50,12 @@ ISBI2012 = DatasetInfo(
     name="isbi2012",
     views={"semantic": ("membrane", "cell")},
     how_to_get=HOW_TO_GET,
+    splits=("train", "val", "test", "challenge"),
+    unscored={
+        "challenge": "the ISBI 2012 test stack is unlabelled (the challenge server scored it). "
+        "Score on split=test, the labelled slices of data.test_slices; predict the stack with "
+        "input=challenge"
+    },
     labels={0: 0, 255: 1},
     palette=((0, 0, 0), (255, 255, 255)),
     in_channels=1,
@@ -78,7 +90,7 @@ class ISBISlice:
 @dataclass(frozen=True)
 class ISBILayout:
     """The slices found under a data root: ``images[i]`` pairs with ``labels[i]``; ``test``
-    holds the slices found in ``test_source`` (none when it is absent)."""
+    holds the challenge's unlabelled slices found in ``test_source`` (none when it is absent)."""
 
     kind: str  # "png" or "tif"
     images: tuple[ISBISlice, ...]
@@ -105,15 +117,21 @@ def _tif_pages(path: Path) -> tuple[ISBISlice, ...]:
 class ISBI2012DataModule(SegmentationDataModule):
     """``data=isbi2012``: the ISBI 2012 EM stacks, binary membrane (0) vs cell (1), grey input.
 
-    Splits: ``train`` and ``val`` divide the 30 labelled slices (default 0-24 and 25-29);
-    ``test`` is the unlabelled test stack, predictable but never scored (all-ignore masks).
+    Splits: ``train``, ``val`` and ``test`` take the labelled slices of ``train_slices``,
+    ``val_slices`` and ``test_slices`` (pairwise disjoint); ``challenge`` is the unlabelled test
+    stack, predictable (``input=challenge``) but refused for scoring.
+
+    The defaults here are those of configs saved before ``test_slices`` existed (train on 0-24,
+    validate on 25-29, no test slice), so that their checkpoints evaluate as they were trained;
+    ``conf/data/isbi2012.yaml`` sets the held-out protocol (train 0-22, val 23-24, test 25-29).
 
     Args:
         data_dir: the folder holding ``train/`` and ``test/`` or the three TIFF stacks.
         layout: ``auto``, ``png`` or ``tif`` (see ``layout``).
-        train_slices: indices of the labelled slices to train on; None: every slice not in
-            ``val_slices``.
-        val_slices: indices of the labelled slices to validate on.
+        train_slices: indices of the labelled slices to train on; None: every slice in neither
+            ``val_slices`` nor ``test_slices``.
+        val_slices: indices of the labelled slices to validate on (choosing the checkpoint).
+        test_slices: indices of the labelled slices to test on (the figures reported).
         **kwargs: ``SegmentationDataModule``'s arguments.
     """
 
@@ -125,6 +143,7 @@ class ISBI2012DataModule(SegmentationDataModule):
         layout: str = "auto",
         train_slices: Sequence[int] | None = None,
         val_slices: Sequence[int] = (25, 26, 27, 28, 29),
+        test_slices: Sequence[int] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -133,6 +152,7 @@ class ISBI2012DataModule(SegmentationDataModule):
         self.layout_name = layout
         self.train_slices = None if train_slices is None else [int(i) for i in train_slices]
         self.val_slices = [int(i) for i in val_slices]
+        self.test_slices = [int(i) for i in test_slices]
 
     @cached_property
     def layout(self) -> ISBILayout:
@@ -166,12 +186,24 @@ class ISBI2012DataModule(SegmentationDataModule):
         return ISBILayout("tif", images, labels, test, _tif_pages(test))
 
     def split_indices(self) -> dict[str, list[int]]:
-        """Indices of the labelled slices in ``train`` and ``val``."""
+        """Indices of the labelled slices in ``train``, ``val`` and ``test``.
+
+        Raises:
+            ValueError: naming the key, when a list holds a slice that does not exist or one
+                twice, when two lists share a slice, or when no slice is left to train on.
+        """
         n = len(self.layout.images)
-        val, train = self.val_slices, self.train_slices
+        held_out = {"val_slices": self.val_slices, "test_slices": self.test_slices}
+        train = self.train_slices
         if train is None:
-            train = [i for i in range(n) if i not in set(val)]
-        for key, indices in (("val_slices", val), ("train_slices", train)):
+            train = [i for i in range(n) if i not in {*self.val_slices, *self.test_slices}]
+            if not train:
+                raise ValueError(
+                    f"data.train_slices=null leaves no slice to train on: data.val_slices and "
+                    f"data.test_slices hold all {n} labelled slices"
+                )
+        lists = {"train_slices": train, **held_out}
+        for key, indices in lists.items():
             if out := sorted({i for i in indices if not 0 <= i < n}):
                 raise ValueError(
                     f"data.{key} holds {out}, outside the {n} labelled slices 0..{n - 1} "
@@ -179,21 +211,35 @@ class ISBI2012DataModule(SegmentationDataModule):
                 )
             if len(set(indices)) != len(indices):
                 raise ValueError(f"data.{key}={indices} lists a slice twice")
-        if overlap := sorted(set(train) & set(val)):
-            raise ValueError(f"data.train_slices and data.val_slices share the slice(s) {overlap}")
-        return {"train": train, "val": val}
+        for (key_a, a), (key_b, b) in combinations(lists.items(), 2):
+            if overlap := sorted(set(a) & set(b)):
+                raise ValueError(
+                    f"data.{key_a} and data.{key_b} share the slice(s) {overlap}: a slice "
+                    "belongs to one split only"
+                )
+        return {"train": train, "val": self.val_slices, "test": self.test_slices}
 
     def source(self, split: str) -> PairedSamples:
         """The slices of ``split``: image ``(H, W, 1)``, mask 0 = membrane / 1 = cell, ``name``
-        the file (``path[page N]`` for a TIFF page); the test slices are unlabelled, so that their
-        all-``ignore_index`` masks score nothing."""
+        the file (``path[page N]`` for a TIFF page); the ``challenge`` slices are unlabelled
+        (all-``ignore_index`` masks)."""
         layout = self.layout
-        if split == "test":
+        if split == "challenge":
             if not layout.test:
-                raise self.not_found(f"split 'test' needs the test slices in {layout.test_source}")
+                raise self.not_found(
+                    f"split 'challenge' needs the test slices in {layout.test_source}"
+                )
             pairs = [(image, None) for image in layout.test]
         else:
-            pairs = [(layout.images[i], layout.labels[i]) for i in self.split_indices()[split]]
+            indices = self.split_indices()[split]
+            if split == "test" and not indices:
+                raise ValueError(
+                    "data.test_slices is empty: split 'test' has no labelled slice (configs "
+                    "saved before the key existed have none); set data.test_slices to slices "
+                    "outside data.val_slices or score split=val; the challenge's unlabelled "
+                    "stack is input=challenge"
+                )
+            pairs = [(layout.images[i], layout.labels[i]) for i in indices]
         reader = IndexPNG(ISBI2012.labels, ignore_index=self.ignore_index, dataset=ISBI2012.name)
         return PairedSamples(
             pairs,

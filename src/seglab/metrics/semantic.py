@@ -1,4 +1,5 @@
-"""Pixel accuracy, per-class IoU and mIoU from one torchmetrics confusion matrix."""
+"""Pixel accuracy, class average accuracy, per-class IoU and mIoU from one torchmetrics confusion
+matrix."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ class SemanticMetrics(MulticlassConfusionMatrix):
     """torchmetrics' confusion matrix whose ``compute`` returns the semantic metrics.
 
     One (K, K) sum state, so DDP sync and accumulation over batches are exact. ``compute``
-    returns ``pixel_acc`` (labelled pixels predicted correctly), ``iou`` (K,) with NaN for
-    classes absent from both prediction and target, and ``miou`` (mean over the non-NaN
+    returns ``pixel_acc`` (labelled pixels predicted correctly: SegNet's global accuracy),
+    ``class_acc`` (the mean over the classes present in the target of each one's recall, its
+    pixels predicted as it: SegNet's class average accuracy, mmsegmentation's mAcc), ``iou`` (K,)
+    with NaN for classes absent from both prediction and target, ``miou`` (mean over the non-NaN
     classes, as mmsegmentation does) and ``confmat`` (K, K), the synced counts (rows: the true
     class). ``update(preds, target)`` takes class indices (N, H, W) or logits (N, K, H, W).
     """
@@ -41,11 +44,15 @@ class SemanticMetrics(MulticlassConfusionMatrix):
         cm = self.confmat.double()
         tp = cm.diagonal()
         union = cm.sum(0) + cm.sum(1) - tp
-        iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+        nan = torch.full_like(tp, float("nan"))
+        iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
+        labelled = cm.sum(1)
+        recall = torch.where(labelled > 0, tp / labelled.clamp(min=1), nan)
         total = cm.sum()
         pixel_acc = tp.sum() / total if total > 0 else torch.tensor(float("nan"), dtype=cm.dtype)
         return {
             "pixel_acc": pixel_acc.float(),
+            "class_acc": recall.nanmean().float(),
             "miou": iou.nanmean().float(),
             "iou": iou.float(),
             "confmat": self.confmat.clone(),

@@ -33,8 +33,8 @@ class SemanticSegmentationTask(SegmentationTask):
     and weight map are centre-cropped to the output.
 
     Logs ``train/loss`` at every step; at the end of each epoch ``{stage}/pixel_acc``,
-    ``{stage}/iou_<class>`` and ``{stage}/miou``, and for validation and test the mean loss
-    ``{stage}/loss`` and the ``extra_metrics``.
+    ``{stage}/class_acc``, ``{stage}/iou_<class>`` and ``{stage}/miou``, and for validation and
+    test the mean loss ``{stage}/loss`` and the ``extra_metrics``.
 
     Args:
         net: the network, exposed as ``self.net``.
@@ -264,7 +264,7 @@ class SemanticSegmentationTask(SegmentationTask):
         metrics = self.stage_metrics[stage]
         values = metrics["metrics"].compute()
         self.semantic_results[stage] = values
-        logs = {"pixel_acc": values["pixel_acc"]}
+        logs = {"pixel_acc": values["pixel_acc"], "class_acc": values["class_acc"]}
         if "pixel_error" in self.extra_metrics:
             logs["pixel_error"] = 1 - values["pixel_acc"]
         if "rand_error" in metrics:
