@@ -15,8 +15,13 @@ lives; at least ``ru_maxrss``): an upper bound of the simultaneous total, since 
 need not peak at the same moment and pages they share (libraries) count once per rank.
 The table also gives a DDP job's peak summed ``Pss`` (shared pages split among their users:
 the memory the job takes from the machine, sampled, so a lower bound of its true peak).
-Prints a table (peak GiB, Pss GiB, wall seconds, exit code) and exits non-zero when a job
-fails or reaches LIMIT_GIB; the headline is the largest peak.
+The limit applies to a single-process job's peak and to a DDP job's summed ``Pss``: the sum of
+the ranks' own peaks counts every page they share twice, the libraries above all (about 0.75 GiB
+a process after importing torch, torchvision and Lightning), so it overstates what the job
+takes from the machine (in the clean-clone CI run of 2026-11-30: 4.02 GiB against 3.35 Pss for
+``maskrcnn``). Prints a table (peak GiB, Pss GiB, wall seconds, exit code, the figure judged)
+and exits non-zero when a job fails or its judged figure reaches LIMIT_GIB; the headline is the
+largest judged figure.
 """
 
 from __future__ import annotations
@@ -128,12 +133,13 @@ def main() -> int:
     ddp = chosen if args.ddp_all else [m for m in chosen if m in DETECTORS]
     jobs = [(m, None) for m in chosen] + [(m, "ddp_cpu") for m in ddp]
     print(f"{len(jobs)} fast_dev_run jobs on data=shapes, limit {LIMIT_GIB} GiB each")
-    print(f"{'model':<14} {'trainer':<8} {'peak GiB':>8} {'Pss GiB':>7} {'wall s':>7} {'exit':>4}")
+    print(f"{'model':<14} {'trainer':<8} {'peak GiB':>8} {'Pss GiB':>7} {'wall s':>7} {'exit':>4}"
+          "  (judged: peak, or Pss for ddp_cpu)")  # fmt: skip
     rows, start = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="seglab-memory-") as tmp:
         for model, trainer in jobs:
             gib, pss, wall, code = measure(model, trainer, Path(tmp))
-            rows.append((model, trainer, gib, code))
+            rows.append((model, trainer, pss if trainer else gib, code))
             shared = f"{pss:.2f}" if pss else "-"
             print(
                 f"{model:<14} {trainer or 'cpu':<8} {gib:>8.2f} {shared:>7} {wall:>7.1f} {code:>4}"
@@ -142,7 +148,7 @@ def main() -> int:
     print(f"{len(rows) - len(bad)}/{len(rows)} jobs ran under {LIMIT_GIB} GiB "
           f"({time.perf_counter() - start:.0f} s in all)")  # fmt: skip
     worst = max(rows, key=lambda r: r[2])
-    print(f"peak_rss_gib_max: {worst[2]:.2f} ({worst[0]}, {worst[1] or 'cpu'})")
+    print(f"memory_gib_max: {worst[2]:.2f} ({worst[0]}, {worst[1] or 'cpu'})")
     return 1 if bad else 0
 
 
