@@ -34,7 +34,7 @@ def require_data(*parts: str) -> Path:
         if os.environ.get("SEGLAB_REQUIRE_DATA") == "1":
             pytest.fail(f"SEGLAB_REQUIRE_DATA=1 but {reason}")
         pytest.skip(reason)
-    return folder
+    return folder.resolve()  # absolute: tests link to it from temporary folders
 
 
 # MaskRCNN / PanopticFPN keyword arguments of a small, fast net (with backbone="resnet18")

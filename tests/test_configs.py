@@ -85,6 +85,8 @@ def test_trainer_options(compose_cfg, trainer):
         assert isinstance(t.accelerator, CPUAccelerator) and t.num_devices == 2
         assert isinstance(t.strategy, DDPStrategy)
         assert t.strategy.process_group_backend == "gloo"
+        # gradients live in DDP's all-reduce buckets: no second copy of them per rank
+        assert t.strategy._ddp_kwargs["gradient_as_bucket_view"] is True
 
 
 @pytest.mark.parametrize("logger", options("logger"))
