@@ -19,9 +19,18 @@ The limit applies to a single-process job's peak and to a DDP job's summed ``Pss
 the ranks' own peaks counts every page they share twice, the libraries above all (about 0.75 GiB
 a process after importing torch, torchvision and Lightning), so it overstates what the job
 takes from the machine (in the clean-clone CI run of 2026-11-30: 4.02 GiB against 3.35 Pss for
-``maskrcnn``). Prints a table (peak GiB, Pss GiB, wall seconds, exit code, the figure judged)
-and exits non-zero when a job fails or its judged figure reaches LIMIT_GIB; the headline is the
-largest judged figure.
+``maskrcnn``). The table also gives the peak of the job's summed ``RssAnon`` (sampled): the
+memory its processes allocated, without the pages of files they map. A resident set's file part
+depends on the page cache, not on the job. On 2026-11-30, ``unet_small``'s fast_dev_run read
+1.02 GiB in this checkout's venv and 1.17 GiB in a venv just installed by ``.ci/run``, from the
+same source and the same package files. Its anonymous part was the same, 579,080 / 574,188 KiB.
+The whole gap was file pages (``RssFile`` 499,064 / 655,048 KiB): torch's CPU library, and the
+CUDA libraries that torch's CUDA build maps even without a GPU. A page fault on a library maps
+the neighbouring pages the page cache already holds, and a venv whose files were just written
+has them all cached. Such pages are clean and shared, and the kernel can drop them under
+pressure. Prints a table (peak GiB, Pss GiB, anonymous GiB, wall seconds, exit code) and exits
+non-zero when a job fails or its judged figure reaches LIMIT_GIB; the headline is the largest
+judged figure.
 """
 
 from __future__ import annotations
@@ -60,11 +69,12 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def high_water_kib(pid: int) -> int:
-    """``VmHWM`` of ``pid`` in KiB (0 once it has ended)."""
+def status_kib(pid: int, field: str) -> int:
+    """A KiB field of ``/proc/<pid>/status`` (``VmHWM``: the high-water mark of the resident
+    set; ``RssAnon``: the resident pages no file backs); 0 once the process has ended."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -82,9 +92,10 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
-def measure(model: str, trainer: str | None, out: Path) -> tuple[float, float, float, int]:
+def measure(model: str, trainer: str | None, out: Path) -> tuple[float, float, float, float, int]:
     """Run one job: its peak in GiB (see the module docstring), the peak of its processes'
-    summed ``Pss`` in GiB (sampled; 0 for a single-process job), wall seconds and exit code."""
+    summed ``Pss`` in GiB (sampled; 0 for a single-process job), the peak of their summed
+    ``RssAnon`` in GiB (sampled), wall seconds and exit code."""
     name = f"{model}-{trainer or 'default'}"
     command = [sys.executable, "src/train.py", f"model={model}", "data=shapes"]
     command += [f"hydra.run.dir={out / name}"]
@@ -96,14 +107,15 @@ def measure(model: str, trainer: str | None, out: Path) -> tuple[float, float, f
     log = (out / f"{name}.log").open("wb")
     job = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     peaks: dict[int, int] = {}
-    pss = [0]
+    pss, anon = [0], [0]
     done = threading.Event()
 
     def poll() -> None:
         while not done.wait(POLL_S):
             tree = [job.pid, *descendants(job.pid)]
             for pid in tree:
-                peaks[pid] = max(peaks.get(pid, 0), high_water_kib(pid))
+                peaks[pid] = max(peaks.get(pid, 0), status_kib(pid, "VmHWM"))
+            anon[0] = max(anon[0], sum(status_kib(pid, "RssAnon") for pid in tree))
             if trainer:
                 pss[0] = max(pss[0], sum(pss_kib(pid) for pid in tree))
 
@@ -120,7 +132,8 @@ def measure(model: str, trainer: str | None, out: Path) -> tuple[float, float, f
         print(f"{name} failed ({job.returncode}); its last lines:", file=sys.stderr)
         tail = (out / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
         print("\n".join(tail), file=sys.stderr)
-    return kib / 2**20, pss[0] / 2**20, time.perf_counter() - start, job.returncode
+    wall = time.perf_counter() - start
+    return kib / 2**20, pss[0] / 2**20, anon[0] / 2**20, wall, job.returncode
 
 
 def main() -> int:
@@ -133,16 +146,17 @@ def main() -> int:
     ddp = chosen if args.ddp_all else [m for m in chosen if m in DETECTORS]
     jobs = [(m, None) for m in chosen] + [(m, "ddp_cpu") for m in ddp]
     print(f"{len(jobs)} fast_dev_run jobs on data=shapes, limit {LIMIT_GIB} GiB each")
-    print(f"{'model':<14} {'trainer':<8} {'peak GiB':>8} {'Pss GiB':>7} {'wall s':>7} {'exit':>4}"
-          "  (judged: peak, or Pss for ddp_cpu)")  # fmt: skip
+    print(f"{'model':<14} {'trainer':<8} {'peak GiB':>8} {'Pss GiB':>7} {'anon GiB':>8} "
+          f"{'wall s':>7} {'exit':>4}  (judged: peak, or Pss for ddp_cpu)")  # fmt: skip
     rows, start = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="seglab-memory-") as tmp:
         for model, trainer in jobs:
-            gib, pss, wall, code = measure(model, trainer, Path(tmp))
+            gib, pss, anon, wall, code = measure(model, trainer, Path(tmp))
             rows.append((model, trainer, pss if trainer else gib, code))
             shared = f"{pss:.2f}" if pss else "-"
             print(
-                f"{model:<14} {trainer or 'cpu':<8} {gib:>8.2f} {shared:>7} {wall:>7.1f} {code:>4}"
+                f"{model:<14} {trainer or 'cpu':<8} {gib:>8.2f} {shared:>7} {anon:>8.2f} "
+                f"{wall:>7.1f} {code:>4}"
             )
     bad = [r for r in rows if r[3] != 0 or r[2] >= LIMIT_GIB]
     print(f"{len(rows) - len(bad)}/{len(rows)} jobs ran under {LIMIT_GIB} GiB "
