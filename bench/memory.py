@@ -11,7 +11,8 @@ folders go to a temporary directory that is removed. A single-process job's figu
 kernel's high-water mark of its resident set (``ru_maxrss`` from ``os.wait4``: exact, no
 sampling). A DDP job's figure is the sum over its processes (rank 0 and the rank Lightning
 starts) of each one's own high-water mark (``VmHWM``, read from ``/proc`` every 50 ms while it
-lives; at least ``ru_maxrss``): an upper bound of the simultaneous total, since the ranks
+lives, the last reading kept, since a rank read between fork and exec shows its parent's mark;
+at least ``ru_maxrss``): an upper bound of the simultaneous total, since the ranks
 need not peak at the same moment and pages they share (libraries) count once per rank.
 The table also gives a DDP job's peak summed ``Pss`` (shared pages split among their users:
 the memory the job takes from the machine, sampled, so a lower bound of its true peak).
@@ -114,7 +115,12 @@ def measure(model: str, trainer: str | None, out: Path) -> tuple[float, float, f
         while not done.wait(POLL_S):
             tree = [job.pid, *descendants(job.pid)]
             for pid in tree:
-                peaks[pid] = max(peaks.get(pid, 0), status_kib(pid, "VmHWM"))
+                # the latest reading, not the largest: VmHWM only grows within one address
+                # space, and a rank caught between fork and exec shows its parent's mark until
+                # exec starts it afresh (0: the process has gone; keep its last)
+                hwm = status_kib(pid, "VmHWM")
+                if hwm:
+                    peaks[pid] = hwm
             anon[0] = max(anon[0], sum(status_kib(pid, "RssAnon") for pid in tree))
             if trainer:
                 pss[0] = max(pss[0], sum(pss_kib(pid) for pid in tree))

@@ -152,3 +152,37 @@ def test_bad_options():
         MaskRCNN(num_classes=3, backbone="resnet18", anchor_sizes=[32, 64])
     with pytest.raises(ValueError, match="trainable_backbone_layers=7"):
         MaskRCNN(num_classes=3, backbone="resnet18", trainable_backbone_layers=7)
+    with pytest.raises(ValueError, match="model.net.test_scale=0"):
+        MaskRCNN(num_classes=3, backbone="resnet18", test_scale=0)
+
+
+def test_test_scale_resizes_every_image_by_one_factor(small_maskrcnn):
+    """test_scale: evaluation scales each image by the factor (long side capped by max_size),
+    whatever its size; training keeps torchvision's short-side resize; detections come back at
+    the input size."""
+    options = {**small_maskrcnn, "min_size": 64, "max_size": 400}
+    torch.manual_seed(0)
+    net = MaskRCNN(num_classes=2, backbone="resnet18", test_scale=1.5, **options)
+    plain = MaskRCNN(num_classes=2, backbone="resnet18", **options)
+    transform = net.transform.eval()
+    for (h, w), expected in [
+        ((40, 60), (60, 90)),
+        ((100, 50), (150, 75)),
+        ((300, 200), (400, 266)),
+    ]:
+        resized, _ = transform.resize(torch.rand(3, h, w))
+        assert tuple(resized.shape[-2:]) == expected
+        short_side, _ = plain.transform.eval().resize(torch.rand(3, h, w))
+        assert min(short_side.shape[-2:]) == 64 or max(short_side.shape[-2:]) == 400
+    transform.train()
+    image = torch.rand(3, 40, 60)
+    box = target(40, 60, [[4, 4, 20, 30]], [1])
+    trained, scaled = transform.resize(image, dict(box))
+    assert tuple(trained.shape[-2:]) == (64, 96)  # short side 64, as torchvision
+    assert torch.allclose(scaled["boxes"], box["boxes"] * 64 / 40)
+    net.eval()
+    with torch.no_grad():
+        (det,) = net([torch.rand(3, 37, 53)])
+    assert det["masks"].shape[-2:] == (37, 53)
+    if len(det["boxes"]):
+        assert (det["boxes"][:, 2:] <= torch.tensor([53, 37])).all()

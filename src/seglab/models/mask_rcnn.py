@@ -9,18 +9,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from seglab.models import backbones
 from seglab.utils.safe_load import UntrustedFileError, read_torch_file
 
-__all__ = ["BACKBONES", "MaskRCNN", "backbone_training"]
+__all__ = ["BACKBONES", "FixedScaleTransform", "MaskRCNN", "backbone_training"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,45 @@ def _read_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:
     return state
 
 
+class FixedScaleTransform(GeneralizedRCNNTransform):
+    """torchvision's detection transform, except that evaluation resizes every image by one
+    factor, ``test_scale`` (capped so that the long side stays within ``max_size``), instead of
+    to a short side of ``min_size[-1]``. Training is torchvision's (a short side drawn from
+    ``min_size``). For data whose images come at many sizes with objects at one scale (DSB
+    2018's microscopy: 256x256 crops to 1388x1040 frames), where a fixed short side would shrink
+    the large frames' objects below anything seen in training."""
+
+    def __init__(self, *args: Any, test_scale: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not test_scale > 0:
+            raise ValueError(f"model.net.test_scale={test_scale}: expected a factor > 0")
+        self.test_scale = float(test_scale)
+
+    def resize(
+        self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        if self.training:
+            return super().resize(image, target)
+        height, width = image.shape[-2:]
+        scale = min(self.test_scale, self.max_size / max(height, width))
+        image = nn.functional.interpolate(
+            image[None],
+            scale_factor=scale,
+            mode="bilinear",
+            recompute_scale_factor=True,
+            align_corners=False,
+        )[0]
+        if target is not None:
+            target = dict(target)
+            target["boxes"] = resize_boxes(target["boxes"], (height, width), image.shape[-2:])
+            if "masks" in target:
+                masks = target["masks"][:, None].float()
+                target["masks"] = nn.functional.interpolate(masks, size=image.shape[-2:])[
+                    :, 0
+                ].byte()
+        return image, target
+
+
 class MaskRCNN(TorchvisionMaskRCNN):
     """Mask R-CNN with an FPN backbone: ``torchvision.models.detection.MaskRCNN``, built from
     numbers and names.
@@ -150,6 +191,9 @@ class MaskRCNN(TorchvisionMaskRCNN):
         box_*: box head: minimum class score and NMS IoU of a detection, detections per image,
             proposal IoU thresholds for foreground / background, RoIs sampled per image and their
             positive fraction.
+        test_scale: None (torchvision's, the paper's): evaluation resizes to a short side of
+            ``min_size`` (its last entry); a factor: evaluation resizes every image by it
+            (``FixedScaleTransform``), the long side still capped by ``max_size``.
     """
 
     # State-dict prefixes of the class-specific layers: left at init, not an error, when a weights
@@ -195,6 +239,7 @@ class MaskRCNN(TorchvisionMaskRCNN):
         box_bg_iou_thresh: float = 0.5,
         box_batch_size_per_image: int = 512,
         box_positive_fraction: float = 0.25,
+        test_scale: float | None = None,
     ) -> None:
         if backbone not in BACKBONES:
             raise ValueError(f"model.net.backbone={backbone!r}: expected one of {list(BACKBONES)}")
@@ -261,6 +306,14 @@ class MaskRCNN(TorchvisionMaskRCNN):
             box_batch_size_per_image=box_batch_size_per_image,
             box_positive_fraction=box_positive_fraction,
         )
+        if test_scale is not None:
+            self.transform = FixedScaleTransform(
+                self.transform.min_size,
+                self.transform.max_size,
+                self.transform.image_mean,
+                self.transform.image_std,
+                test_scale=test_scale,
+            )
         self.num_classes = num_classes
         self.backbone_name = backbone
         if weights is not None and backbones.reads_pretrained_files():
