@@ -174,9 +174,12 @@ def test_test_scale_resizes_every_image_by_one_factor(small_maskrcnn):
         assert tuple(resized.shape[-2:]) == expected
         short_side, _ = plain.transform.eval().resize(torch.rand(3, h, w))
         assert min(short_side.shape[-2:]) == 64 or max(short_side.shape[-2:]) == 400
-    transform.train()
     image = torch.rand(3, 40, 60)
     box = target(40, 60, [[4, 4, 20, 30]], [1])
+    _, scaled = transform.resize(image, dict(box))  # evaluation with targets: scaled alike
+    assert torch.allclose(scaled["boxes"], box["boxes"] * 1.5)
+    assert scaled["masks"].shape == (1, 60, 90) and scaled["masks"].sum() == 24 * 39
+    transform.train()
     trained, scaled = transform.resize(image, dict(box))
     assert tuple(trained.shape[-2:]) == (64, 96)  # short side 64, as torchvision
     assert torch.allclose(scaled["boxes"], box["boxes"] * 64 / 40)
