@@ -88,6 +88,26 @@ def test_mask_head_is_the_papers(net):
     assert heads.mask_predictor(heads.mask_head(pooled)).shape == (2, 3, 28, 28)
 
 
+def test_group_norm_mask_head(net, small_maskrcnn):
+    """mask_head_norm="gn": GroupNorm(32) after each of the four convs, which lose their bias;
+    the rest of the net, and the default head's parameters, are unchanged."""
+    torch.manual_seed(0)
+    gn = MaskRCNN(num_classes=3, backbone="resnet18", mask_head_norm="gn", **small_maskrcnn)
+    norms = [m for m in gn.roi_heads.mask_head.modules() if isinstance(m, nn.GroupNorm)]
+    assert [(m.num_groups, m.num_channels) for m in norms] == [(32, 256)] * 4
+    convs = [m for m in gn.roi_heads.mask_head.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 4 and all(c.bias is None for c in convs)
+    assert not any(isinstance(m, nn.GroupNorm) for m in net.roi_heads.mask_head.modules())
+    plain, normed = net.state_dict(), gn.state_dict()
+    outside = {k for k in plain if not k.startswith("roi_heads.mask_head.")}
+    assert outside == {k for k in normed if not k.startswith("roi_heads.mask_head.")}
+    gn.train()
+    losses = gn([torch.rand(3, 48, 40)], [target(48, 40, [[4, 6, 30, 40]], [1])])
+    assert set(losses) == LOSSES and all(torch.isfinite(v) for v in losses.values())
+    losses["loss_mask"].backward()
+    assert norms[0].weight.grad is not None and norms[0].weight.grad.abs().sum() > 0
+
+
 def test_defaults_are_the_papers():
     torch.manual_seed(0)
     net = MaskRCNN(num_classes=2)  # R50-FPN
@@ -154,6 +174,8 @@ def test_bad_options():
         MaskRCNN(num_classes=3, backbone="resnet18", trainable_backbone_layers=7)
     with pytest.raises(ValueError, match="model.net.test_scale=0"):
         MaskRCNN(num_classes=3, backbone="resnet18", test_scale=0)
+    with pytest.raises(ValueError, match="model.net.mask_head_norm='bn'"):
+        MaskRCNN(num_classes=3, backbone="resnet18", mask_head_norm="bn")
 
 
 def test_test_scale_resizes_every_image_by_one_factor(small_maskrcnn):

@@ -6,6 +6,7 @@ of Lin et al., "Feature Pyramid Networks for Object Detection", CVPR 2017.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from torch import nn
 from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -88,6 +90,21 @@ def _read_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:
     if state and all(k.startswith(prefix) for k in state):
         state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
+
+
+MASK_HEAD_NORMS = ("gn",)
+
+
+def mask_head(in_channels: int, norm: str | None) -> MaskRCNNHeads:
+    """The paper's mask head: four 3x3 convs of 256 channels with ReLU (``norm`` None), or with
+    GroupNorm of 32 groups after each conv (``norm="gn"``)."""
+    if norm is not None and norm not in MASK_HEAD_NORMS:
+        raise ValueError(
+            f"model.net.mask_head_norm={norm!r}: expected null (none, the paper's) or one of "
+            f"{list(MASK_HEAD_NORMS)}"
+        )
+    norm_layer = None if norm is None else functools.partial(nn.GroupNorm, 32)
+    return MaskRCNNHeads(in_channels, [256, 256, 256, 256], 1, norm_layer=norm_layer)
 
 
 class FixedScaleTransform(GeneralizedRCNNTransform):
@@ -194,6 +211,10 @@ class MaskRCNN(TorchvisionMaskRCNN):
         test_scale: None (torchvision's, the paper's): evaluation resizes to a short side of
             ``min_size`` (its last entry); a factor: evaluation resizes every image by it
             (``FixedScaleTransform``), the long side still capped by ``max_size``.
+        mask_head_norm: None (the paper's): the mask head's four 3x3 convs have no normalisation;
+            ``"gn"``: each is followed by GroupNorm with 32 groups, as the from-scratch detectors of
+            Wu & He ("Group Normalization", 2018, section 6) and He et al. ("Rethinking ImageNet
+            Pre-training", 2019) train their heads.
     """
 
     # State-dict prefixes of the class-specific layers: left at init, not an error, when a weights
@@ -240,6 +261,7 @@ class MaskRCNN(TorchvisionMaskRCNN):
         box_batch_size_per_image: int = 512,
         box_positive_fraction: float = 0.25,
         test_scale: float | None = None,
+        mask_head_norm: str | None = None,
     ) -> None:
         if backbone not in BACKBONES:
             raise ValueError(f"model.net.backbone={backbone!r}: expected one of {list(BACKBONES)}")
@@ -282,6 +304,7 @@ class MaskRCNN(TorchvisionMaskRCNN):
         ratios = (tuple(float(r) for r in anchor_aspect_ratios),) * len(sizes)
         super().__init__(
             body,
+            mask_head=mask_head(body.out_channels, mask_head_norm),
             num_classes=num_classes,
             min_size=tuple(min_size) if isinstance(min_size, Sequence) else min_size,
             max_size=max_size,
