@@ -3,7 +3,7 @@
 Setup: a checkpoint of ``experiment=unet_camvid_cpu`` (padded U-Net, 16 base channels, batch
 norm; median-frequency class balancing, flips, Adam with the poly schedule), the best on CamVid
 val. ``--ckpt PATH`` scores one you have; without it one is trained here first, into a temporary
-folder, with the experiment as it is (9 epochs on the 367 train frames, seed 42, about 15 minutes
+folder, with the experiment as it is (9 epochs on the 367 train frames, seed 42, 15 to 38 minutes
 on 2 CPU cores), or less with ``--epochs`` / ``--train-batches`` / ``--val-batches`` (the printed
 budget says which). Both scores come from ``seglab.eval.evaluate`` on the shared sample's test
 frames (``data=camvid data.test_list=test_subset.txt``: 59 frames of 480x360, 11 classes,
