@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -13,9 +14,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
 
+from seglab.coco_results import detections_to_coco
 from seglab.data.coco import CocoDataModule
 from seglab.eval import evaluate
-from seglab.export import detections_to_coco
 from seglab.metrics import MaskAP
 from seglab.models import MaskRCNN
 from seglab.predict import predict
@@ -186,7 +187,8 @@ def fake_detections(target: dict, rng: np.random.Generator, num_classes: int) ->
     }
 
 
-def test_mask_and_box_ap_equal_cocoeval_on_the_same_detections(edge_tree, tiny_task):
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_mask_and_box_ap_equal_cocoeval_on_the_same_detections(edge_tree, tiny_task, backend):
     dm = coco_module(edge_tree)
     dataset = dm.dataset("val")
     task = tiny_task()
@@ -198,7 +200,8 @@ def test_mask_and_box_ap_equal_cocoeval_on_the_same_detections(edge_tree, tiny_t
         results += detections_to_coco(det, t["image_id"], dm.label_to_category)
     assert {r["category_id"] for r in results} <= {3, 7}
 
-    metric = MaskAP()
+    metric = MaskAP(backend=backend)
+    assert metric.backend == backend
     order = [2, 0, 3, 1]  # any order, any batching: the result may not depend on it
     metric.update(
         *task.metric_inputs([detections[i] for i in order[:3]], [items[i] for i in order[:3]])
@@ -210,8 +213,55 @@ def test_mask_and_box_ap_equal_cocoeval_on_the_same_detections(edge_tree, tiny_t
     for iou_type in ("bbox", "segm"):
         expected = coco_eval(gt, results, iou_type)
         got = [values[f"{iou_type}_{k}"].item() for k in STATS]
-        assert got == pytest.approx(expected.tolist(), abs=1e-6), iou_type
+        # to the last digit of the float32 values torchmetrics returns
+        assert got == [float(np.float32(v)) for v in expected], iou_type
     assert 0 < values["segm_map"] < 1 and 0 < values["bbox_map_50"] <= 1
+
+
+def test_mask_ap_backends_agree_on_tied_scores_and_crowd(edge_tree, tiny_task):
+    """Ties between images (decided by image order), crowd, a one-pixel object, empty images."""
+    dataset = coco_module(edge_tree).dataset("val")
+    task = tiny_task()
+    rng = np.random.default_rng(2)
+    items = [dataset[i][1] for i in range(len(dataset))]
+    detections = [fake_detections(t, rng, 3) for t in items]
+    for det in detections:
+        det["scores"] = (det["scores"] * 4).round() / 4
+    values = {}
+    for backend in ("pycocotools", "faster_coco_eval"):
+        metric = MaskAP(backend=backend)
+        metric.update(*task.metric_inputs(detections, items))
+        values[backend] = metric.compute()
+    ours, theirs = values["pycocotools"], values["faster_coco_eval"]
+    assert 0 < ours["segm_map"] < 1 and 0 < ours["bbox_map"] < 1
+    for key in (f"{t}_{k}" for t in ("bbox", "segm") for k in STATS):
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+def test_mask_ap_backend_choice(monkeypatch, tiny_task, caplog):
+    from seglab.metrics import mask_ap
+
+    assert MaskAP().backend == "faster_coco_eval"  # installed (the dev extra): auto takes it
+    assert tiny_task().val_ap.backend == "faster_coco_eval"
+    with pytest.raises(ValueError, match=r"backend='cocoapi' \(model.map_backend\)"):
+        MaskAP(backend="cocoapi")
+    monkeypatch.setattr(mask_ap, "_faster_coco_eval_usable", lambda: False)
+    assert MaskAP().backend == "pycocotools"
+    with pytest.raises(ImportError, match=r"pip install seglab\[fast-eval\]"):
+        MaskAP(backend="faster_coco_eval")
+    monkeypatch.undo()
+
+    # faster-coco-eval logs its summary at INFO, which Hydra's job logging shows
+    metric = MaskAP(backend="faster_coco_eval")
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[0, 2:6, 2:6] = True
+    box = torch.tensor([[2.0, 2, 6, 6]])
+    target = {"boxes": box, "labels": torch.tensor([1]), "masks": mask, "image_id": 1}
+    pred = {**target, "scores": torch.tensor([0.9])}
+    metric.update([pred], [target])
+    with caplog.at_level(logging.INFO):
+        assert metric.compute()["segm_map"] == 1
+    assert not [r for r in caplog.records if r.name.startswith("faster_coco_eval")]
 
 
 def test_predict_step_detections_give_coco_results_for_every_image(edge_tree, tiny_task):
@@ -322,10 +372,15 @@ def test_train_eval_predict_on_a_coco_tree(
     metrics, _ = train(cfg)
     best = metrics["best_checkpoint"]
     assert best and torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-    val = metrics["val"]
-    again, _ = evaluate(compose_cfg("eval", overrides=[f"ckpt_path={best}"]))
-    for key, value in val.items():
-        assert again["val"][key] == pytest.approx(value, abs=1e-6), key
+    val = metrics["val"]  # model.map_backend=auto: faster-coco-eval, installed here
+    for edit in ([], ["+model.map_backend=pycocotools"]):
+        again, objects = evaluate(compose_cfg("eval", overrides=[f"ckpt_path={best}", *edit]))
+        assert objects["model"].val_ap.backend == ("pycocotools" if edit else "faster_coco_eval")
+        for key, value in val.items():
+            if "/ma" in key:  # map_*, mar_*: the same float32 either way
+                assert again["val"][key] == value, key
+            else:
+                assert again["val"][key] == pytest.approx(value, abs=1e-6), key
 
     out = tmp_path / "pred"
     written, _ = predict(

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from seglab.models import UNet
+from seglab.models.unet import _pad_to_multiple
 
 
 def count(module: torch.nn.Module) -> int:
@@ -41,6 +42,18 @@ def test_padded_keeps_input_size(size):
     net = UNet(in_channels=3, num_classes=5, base_channels=4, padding=True, batch_norm=True)
     out = net(torch.randn(2, 3, *size))
     assert out.shape == (2, 5, *size)
+
+
+def test_padding_reflects_or_replicates_as_f_pad():
+    """The padded net's branch-free padding (exported as it is) is F.pad's: reflect when every pad
+    is shorter than both sides, else replicate."""
+    for height in range(1, 36):
+        for width in (1, 5, 12, 16, 20, 33):
+            x = torch.randn(1, 2, height, width)
+            ph, pw = (-height) % 16, (-width) % 16
+            mode = "reflect" if min(height, width) > max(ph, pw) else "replicate"
+            expected = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
+            assert torch.equal(_pad_to_multiple(x, 16), expected), (height, width)
 
 
 def test_options_change_the_network():

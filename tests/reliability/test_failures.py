@@ -18,7 +18,7 @@ from support import CONF, ROOT, run_cli
 
 from seglab.callbacks import NonFiniteLossError, NonFiniteWeightsError
 from seglab.train import train
-from seglab.utils.instantiate import build_trainer
+from seglab.utils.instantiate import SEGLAB_TRAINER_KEYS, build_trainer
 
 HERE = Path(__file__).resolve().parent
 # 8 training images in batches of 4: two optimizer steps per epoch
@@ -213,7 +213,9 @@ def test_every_trainer_argument_is_in_the_trainer_group(compose_cfg):
     for name in ("self", "callbacks", "logger"):
         arguments.pop(name)
     assert sorted(set(arguments) - set(listed)) == []
-    assert sorted(set(listed) - set(arguments) - {"_target_"}) == []
+    assert sorted(set(listed) - set(arguments) - {"_target_", *SEGLAB_TRAINER_KEYS}) == []
+    for name in SEGLAB_TRAINER_KEYS:
+        listed.pop(name)
     seglab_choices = {
         "default_root_dir",
         "devices",

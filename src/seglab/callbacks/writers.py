@@ -24,7 +24,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
-from seglab.export import detections_to_coco
+from seglab.coco_results import detections_to_coco
 from seglab.utils.io import stage_bytes
 
 __all__ = ["CocoPanopticWriter", "CocoResultsWriter", "PredictionWriter", "SemanticMaskWriter",
@@ -255,7 +255,7 @@ class SemanticMaskWriter(PredictionWriter):
 
 class CocoResultsWriter(PredictionWriter):
     """Writes the detections of every image into one COCO results JSON
-    (https://cocodataset.org/#format-results, see ``seglab.export.detections_to_coco``).
+    (https://cocodataset.org/#format-results, see ``seglab.coco_results.detections_to_coco``).
 
     Takes the task's ``predict_step`` output, one dict per image (``boxes``, ``labels``,
     ``scores``, ``masks`` (n, 1, H, W) probabilities, thresholded at the task's

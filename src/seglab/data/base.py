@@ -14,6 +14,7 @@ a panoptic sample adds the ``semantic``, ``panoptic`` and ``crowd`` maps to it (
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -580,8 +581,9 @@ class SegmentationDataModule(L.LightningDataModule):
         std: Sequence[float] | None = None,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int | str = 0,
+        pin_memory: bool | str = False,
+        prefetch_factor: int | None = None,
         train_transforms: Callable[..., dict[str, Any]] | None = None,
         eval_transforms: Callable[..., dict[str, Any]] | None = None,
         data_dir: str | None = None,
@@ -650,8 +652,21 @@ class SegmentationDataModule(L.LightningDataModule):
         for key, value in sizes.items():
             if value is not None and value < 1:
                 raise ValueError(f"data.{key}={value!r}: expected a positive integer")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers={num_workers}: expected 0 or more")
+        if num_workers != "auto" and (
+            isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0
+        ):
+            raise ValueError(f"data.num_workers={num_workers!r}: expected 'auto' or 0 or more")
+        if pin_memory != "auto" and not isinstance(pin_memory, bool):
+            raise ValueError(f"data.pin_memory={pin_memory!r}: expected 'auto', true or false")
+        if prefetch_factor is not None and (
+            isinstance(prefetch_factor, bool)
+            or not isinstance(prefetch_factor, int)
+            or prefetch_factor < 1
+        ):
+            raise ValueError(
+                f"data.prefetch_factor={prefetch_factor!r}: expected null (torch's 2) or a "
+                "positive integer"
+            )
         if weight_map and task != "semantic":
             raise ValueError(
                 f"data.weight_map: weight maps belong to the semantic view, not {task}"
@@ -661,6 +676,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor
         self.train_transforms = train_transforms
         self.eval_transforms = eval_transforms
         if task == "semantic":  # albumentations passes undeclared targets through unaligned
@@ -883,19 +899,45 @@ class SegmentationDataModule(L.LightningDataModule):
             sampler = EpochShuffle(len(dataset), seed)  # type: ignore[arg-type]
             dataset = EpochSeeded(dataset, seed)
             options = {}
+        workers, pin = self.loader_workers()
+        if workers > 0 and self.prefetch_factor is not None:
+            options["prefetch_factor"] = self.prefetch_factor
         return loader_class(
             dataset,
             batch_size=batch_size,
             drop_last=train and len(dataset) > batch_size,  # type: ignore[arg-type]
             sampler=sampler,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=seed_worker if self.num_workers > 0 else None,
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=workers > 0,
+            worker_init_fn=seed_worker if workers > 0 else None,
             collate_fn=None if self.task == "semantic" else list_collate,
             generator=torch.Generator().manual_seed(seed),
             **options,
         )
+
+    def loader_workers(self) -> tuple[int, bool]:
+        """``(num_workers, pin_memory)`` of this run's loaders, ``auto`` resolved.
+
+        On a CUDA device, ``num_workers: auto`` is one worker per core this process may use, its
+        share of the node's devices less one for the process itself, at most 8 (decoding and
+        augmentation run in the workers and keep the GPU fed); ``pin_memory: auto`` pins the
+        batches (faster, asynchronous host-to-device copies). On a CPU both are off: the
+        convolutions' threads already use every core, and there is nothing to pin for.
+        The samples drawn do not depend on the number of workers (``seglab.data.loaders``).
+        """
+        trainer = getattr(self, "trainer", None)
+        strategy = getattr(trainer, "strategy", None)
+        cuda = strategy is not None and strategy.root_device.type == "cuda"
+        workers = self.num_workers
+        if workers == "auto":
+            workers = 0
+            if cuda:
+                cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+                per_device = (cores or os.cpu_count() or 1) // max(1, trainer.num_devices)
+                workers = max(1, min(8, per_device - 1))
+        pin = cuda if self.pin_memory == "auto" else bool(self.pin_memory)
+        return int(workers), pin
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("train"), train=True, batch_size=self.batch_size)

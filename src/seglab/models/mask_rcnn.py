@@ -17,14 +17,24 @@ from torch import nn
 from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from seglab.models import backbones
 from seglab.utils.safe_load import UntrustedFileError, read_torch_file
 
-__all__ = ["BACKBONES", "FixedScaleTransform", "MaskRCNN", "backbone_training"]
+__all__ = [
+    "BACKBONES",
+    "FixedScaleTransform",
+    "Float32BoxPredictor",
+    "Float32MaskPredictor",
+    "Float32RPNHead",
+    "MaskRCNN",
+    "backbone_training",
+]
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +117,48 @@ def mask_head(in_channels: int, norm: str | None) -> MaskRCNNHeads:
     return MaskRCNNHeads(in_channels, [256, 256, 256, 256], 1, norm_layer=norm_layer)
 
 
+class Float32RPNHead(RPNHead):
+    """torchvision's ``RPNHead`` whose objectness logits and box deltas are float32 whatever the
+    autocast precision. The three float32 heads change no weight and no name; under bf16-mixed /
+    16-mixed they keep the box decoding and scores in float32: a bf16 box corner near 500 px is
+    only exact to 2 px, which would cost AP at the strict IoU thresholds. (The losses are
+    float32 anyway: autocast computes cross-entropy and smooth L1 in float32.)"""
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        logits, deltas = [], []
+        for feature in x:
+            t = self.conv(feature)
+            logits.append(self.cls_logits(t).float())
+            deltas.append(self.bbox_pred(t).float())
+        return logits, deltas
+
+
+class Float32BoxPredictor(FastRCNNPredictor):
+    """torchvision's ``FastRCNNPredictor`` with float32 class scores and box deltas (see
+    ``Float32RPNHead``)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.flatten(start_dim=1)
+        return self.cls_score(x).float(), self.bbox_pred(x).float()
+
+
+class Float32MaskPredictor(MaskRCNNPredictor):
+    """torchvision's ``MaskRCNNPredictor`` (2x2 stride-2 deconvolution, ReLU, 1x1 class logits)
+    with float32 mask logits (see ``Float32RPNHead``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mask_fcn_logits(self.relu(self.conv5_mask(x))).float()
+
+
 class FixedScaleTransform(GeneralizedRCNNTransform):
     """torchvision's detection transform, except that evaluation resizes every image by one
     factor, ``test_scale`` (capped so that the long side stays within ``max_size``), instead of
     to a short side of ``min_size[-1]``. Training is torchvision's (a short side drawn from
     ``min_size``). For data whose images come at many sizes with objects at one scale (DSB
     2018's microscopy: 256x256 crops to 1388x1040 frames), where a fixed short side would shrink
-    the large frames' objects below anything seen in training."""
+    the large frames' objects below anything seen in training. ``torch.jit.script`` compiles
+    it for inference (``python src/export.py format=torchscript``); a script of it refuses
+    train mode, whose resize is torchvision's Python (``super()``, which TorchScript lacks)."""
 
     def __init__(self, *args: Any, test_scale: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -121,13 +166,21 @@ class FixedScaleTransform(GeneralizedRCNNTransform):
             raise ValueError(f"model.net.test_scale={test_scale}: expected a factor > 0")
         self.test_scale = float(test_scale)
 
+    def eval_scale(self, height: int, width: int) -> float:
+        """The factor evaluation resizes a ``height`` x ``width`` image by."""
+        return min(self.test_scale, self.max_size / max(height, width))
+
     def resize(
         self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         if self.training:
+            if torch.jit.is_scripting():  # TorchScript has no super(): a script serves inference
+                raise RuntimeError(
+                    "FixedScaleTransform: a TorchScript export runs in eval mode only"
+                )
             return super().resize(image, target)
         height, width = image.shape[-2:]
-        scale = min(self.test_scale, self.max_size / max(height, width))
+        scale = self.eval_scale(height, width)
         image = nn.functional.interpolate(
             image[None],
             scale_factor=scale,
@@ -136,13 +189,12 @@ class FixedScaleTransform(GeneralizedRCNNTransform):
             align_corners=False,
         )[0]
         if target is not None:
-            target = dict(target)
-            target["boxes"] = resize_boxes(target["boxes"], (height, width), image.shape[-2:])
+            size = [int(image.shape[-2]), int(image.shape[-1])]
+            target = {k: v for k, v in target.items()}
+            target["boxes"] = resize_boxes(target["boxes"], [height, width], size)
             if "masks" in target:
                 masks = target["masks"][:, None].float()
-                target["masks"] = nn.functional.interpolate(masks, size=image.shape[-2:])[
-                    :, 0
-                ].byte()
+                target["masks"] = nn.functional.interpolate(masks, size=size)[:, 0].byte()
         return image, target
 
 
@@ -302,15 +354,24 @@ class MaskRCNN(TorchvisionMaskRCNN):
         if backbone_weights is not None and backbones.reads_pretrained_files():
             self._load_backbone(body, backbone, backbone_weights, download=download_weights)
         ratios = (tuple(float(r) for r in anchor_aspect_ratios),) * len(sizes)
+        anchors = AnchorGenerator(sizes, ratios)
+        channels = body.out_channels
+        # torchvision's default heads, built in torchvision's order (so a seed gives the same
+        # weights), as their float32-output forms
+        heads = {"mask_head": mask_head(channels, mask_head_norm)}
+        heads["mask_predictor"] = Float32MaskPredictor(256, 256, num_classes)
+        heads["rpn_head"] = Float32RPNHead(channels, anchors.num_anchors_per_location()[0])
+        heads["box_head"] = TwoMLPHead(channels * 7**2, 1024)  # 7x7 RoIAlign output
+        heads["box_predictor"] = Float32BoxPredictor(1024, num_classes)
         super().__init__(
             body,
-            mask_head=mask_head(body.out_channels, mask_head_norm),
-            num_classes=num_classes,
+            **heads,
+            num_classes=None,
             min_size=tuple(min_size) if isinstance(min_size, Sequence) else min_size,
             max_size=max_size,
             image_mean=list(image_mean) if image_mean is not None else None,
             image_std=list(image_std) if image_std is not None else None,
-            rpn_anchor_generator=AnchorGenerator(sizes, ratios),
+            rpn_anchor_generator=anchors,
             rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
             rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
             rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,

@@ -80,8 +80,9 @@ class SemanticFPNHead(nn.Module):
                 f"SemanticFPNHead: expected {len(self.scale_heads)} FPN levels, got {len(features)}"
             )
         x = sum(head(f) for head, f in zip(self.scale_heads, features))
+        # float32 logits under any autocast precision, as the detector heads' (Float32RPNHead)
         return F.interpolate(
-            self.predictor(x), scale_factor=4, mode="bilinear", align_corners=False
+            self.predictor(x).float(), scale_factor=4, mode="bilinear", align_corners=False
         )
 
 

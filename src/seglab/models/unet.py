@@ -4,9 +4,36 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.transforms.v2.functional import center_crop
 
 __all__ = ["UNet", "UNetConvBlock"]
+
+
+def _center_crop(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """The centre ``size`` window of ``x``'s last two dimensions. The size differences are even
+    (``output_size`` refuses the rest), where torchvision's ``center_crop`` gives the same
+    window; slicing, unlike it, traces and exports with the size as a variable."""
+    top, left = (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2
+    return x[..., top : top + size[0], left : left + size[1]]
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``x`` padded at the bottom and right to multiples of ``multiple``: mirrored (``F.pad``'s
+    "reflect") when every pad is shorter than both sides, else the edge repeated ("replicate").
+
+    By indexing, with the choice made on tensors: no Python branch on the size, so that a trace
+    or an export (``python src/export.py``) pads as this does at every input size."""
+    height, width = x.shape[-2], x.shape[-1]
+    rows = torch.arange(height + (-height) % multiple, device=x.device)
+    cols = torch.arange(width + (-width) % multiple, device=x.device)
+    inside_rows, inside_cols = rows < height, cols < width
+    sides = torch.minimum(inside_rows.sum(), inside_cols.sum())
+    pads = torch.maximum((~inside_rows).sum(), (~inside_cols).sum())
+    reflect = sides > pads
+    mirrored_rows = torch.where(inside_rows, rows, 2 * height - 2 - rows)
+    mirrored_cols = torch.where(inside_cols, cols, 2 * width - 2 - cols)
+    rows = torch.where(reflect, mirrored_rows, rows.clamp(max=height - 1))
+    cols = torch.where(reflect, mirrored_cols, cols.clamp(max=width - 1))
+    return x[..., rows[:, None], cols]
 
 
 class UNetConvBlock(nn.Sequential):
@@ -149,12 +176,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if self.padding:
-            m = 2**self.depth
-            ph, pw = (-h) % m, (-w) % m
-            if ph or pw:
-                x = nn.functional.pad(
-                    x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate"
-                )
+            x = _pad_to_multiple(x, 2**self.depth)
         else:
             self.output_size(h)
             self.output_size(w)
@@ -166,8 +188,7 @@ class UNet(nn.Module):
         x = self.dropout(self.bottleneck(x))
         for up, block, skip in zip(self.upconvs, self.decoder, reversed(skips)):
             x = up(x)
-            # Even size differences (output_size refuses the rest): torchvision's centre is exact.
-            skip = center_crop(skip, list(x.shape[-2:]))
+            skip = _center_crop(skip, x.shape[-2:])
             x = torch.cat([skip, x], dim=1) if self.skip == "concat" else x + skip
             x = block(x)
         x = self.head(x)

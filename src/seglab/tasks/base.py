@@ -3,7 +3,8 @@ epoch-end logging."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -14,13 +15,40 @@ from torchmetrics import MeanMetric, Metric
 
 from seglab.tasks.optim import configure_optimizers
 
-__all__ = ["SegmentationTask", "crop_to"]
+__all__ = ["SegmentationTask", "compile_target", "crop_to", "to_channels_last"]
 
 STAGES = ("train", "val", "test")
 # self.log flags of values torchmetrics synced already, so identical on every rank: a max over the
 # ranks says so to Lightning (which otherwise warns, per name, that an epoch value is not synced)
 # and leaves each value bit for bit as it is, NaN included; one all-reduce per name and epoch.
 _SYNCED = {"sync_dist": True, "reduce_fx": "max"}
+
+
+def to_channels_last(batch: Any) -> Any:
+    """``batch`` with every 4-D floating tensor in channels-last memory format (the images of a
+    semantic batch; masks, weight maps and the detector's per-image 3-D images are left as they
+    are: a convolution whose weight is channels-last computes channels-last anyway)."""
+    if isinstance(batch, torch.Tensor):
+        if batch.ndim == 4 and batch.is_floating_point():
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, Mapping):
+        return {key: to_channels_last(value) for key, value in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_channels_last(value) for value in batch)
+    return batch
+
+
+def compile_target(net: nn.Module) -> nn.Module:
+    """What ``model.compile`` compiles of ``net``: a detector's backbone (its ``backbone``, body
+    and FPN, where the time goes), since its region proposal and RoI stages are Python over
+    data-dependent shapes that would break the graph at every step; any other net whole."""
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+    return net.backbone if isinstance(net, GeneralizedRCNN) else net
+
+
+_COMPILE_KEYS = tuple(p for p in inspect.signature(torch.compile).parameters if p != "model")
 
 
 def crop_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -89,6 +117,45 @@ class SegmentationTask(L.LightningModule):
         # nothing of a checkpoint, and created on the losses' device
         self.train_means: dict[str, MeanMetric] = {}
         self.semantic_results: dict[str, dict[str, torch.Tensor]] = {}
+
+    def configure_speed(
+        self, *, channels_last: bool = False, compile: bool | Mapping[str, Any] | None = False
+    ) -> None:
+        """``model.channels_last``: the net's 4-D weights, and every batch's images, in
+        channels-last memory format (faster convolutions with tensor cores and bf16 / fp16).
+        ``model.compile``: true, or a mapping of ``torch.compile`` arguments (``mode``,
+        ``backend``, ``dynamic``, ``fullgraph``, ``options``), compiles ``compile_target(net)`` in
+        place with ``nn.Module.compile``: its parameters keep their names, so checkpoints load
+        with or without it. Both off by default."""
+        if not isinstance(channels_last, bool):
+            raise ValueError(f"model.channels_last={channels_last!r}: expected true or false")
+        self.channels_last = channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if compile is None or compile is False:
+            return
+        if compile is True:
+            options: dict[str, Any] = {}
+        elif isinstance(compile, Mapping):
+            options = dict(compile)
+            unknown = sorted(set(options) - set(_COMPILE_KEYS))
+            if unknown:
+                raise ValueError(
+                    f"model.compile has unknown key(s) {unknown}; expected true, false or a "
+                    f"mapping of torch.compile arguments {list(_COMPILE_KEYS)}"
+                )
+        else:
+            raise ValueError(
+                f"model.compile={compile!r}: expected true, false or a mapping of torch.compile "
+                f"arguments {list(_COMPILE_KEYS)}"
+            )
+        compile_target(self.net).compile(**options)
+
+    def memory_format(self, batch: Any) -> Any:
+        """``batch`` in channels-last memory format with ``model.channels_last``, else as it is.
+        The steps call it (not ``on_after_batch_transfer``, which Lightning lets a data module's
+        hook override)."""
+        return to_channels_last(batch) if getattr(self, "channels_last", False) else batch
 
     def add_stage_metric(
         self, name: str, stages: Iterable[str], build: Callable[[], nn.Module]

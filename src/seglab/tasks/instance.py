@@ -89,6 +89,8 @@ class InstanceSegmentationTask(SegmentationTask):
             to the run's number of optimizer steps, and the scheduler steps every iteration.
         class_names: one name per class (index 0 the background).
         val_losses: compute the validation / test losses (one more forward pass per batch).
+        map_backend: ``MaskAP``'s COCOeval: ``auto`` (faster-coco-eval when installed, else
+            pycocotools), ``pycocotools`` or ``faster_coco_eval``; the same numbers either way.
     """
 
     main_metric = "map_segm"
@@ -105,6 +107,7 @@ class InstanceSegmentationTask(SegmentationTask):
         scheduler: Callable[[Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
         class_names: Sequence[str] | None = None,
         val_losses: bool = True,
+        map_backend: str = "auto",
     ) -> None:
         super().__init__(
             net=net,
@@ -122,7 +125,7 @@ class InstanceSegmentationTask(SegmentationTask):
             raise ValueError(f"model.mask_threshold={mask_threshold}: expected 0 < t <= 1")
         self.mask_threshold = mask_threshold
         self.val_losses = val_losses
-        self.add_stage_metric("ap", ("val", "test"), MaskAP)
+        self.add_stage_metric("ap", ("val", "test"), lambda: MaskAP(backend=map_backend))
         names = (*self.loss_keys, "loss")
         self.add_stage_metric(
             "loss", ("val", "test"), lambda: nn.ModuleDict({k: MeanMetric() for k in names})

@@ -46,7 +46,7 @@ class PanopticSegmentationTask(InstanceSegmentationTask):
         loss: ``instance_weight`` and ``semantic_weight``.
         mask_threshold: predicted mask probabilities at or above it form the masks of mask AP.
         ignore_index: the void label of the semantic targets.
-        optimizer, scheduler, class_names, val_losses: as ``InstanceSegmentationTask``.
+        optimizer, scheduler, class_names, val_losses, map_backend: as ``InstanceSegmentationTask``.
     """
 
     main_metric = "pq"
@@ -66,6 +66,7 @@ class PanopticSegmentationTask(InstanceSegmentationTask):
         scheduler: Callable[[Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
         class_names: Sequence[str] | None = None,
         val_losses: bool = True,
+        map_backend: str = "auto",
     ) -> None:
         super().__init__(
             net=net,
@@ -75,6 +76,7 @@ class PanopticSegmentationTask(InstanceSegmentationTask):
             scheduler=scheduler,
             class_names=class_names,
             val_losses=val_losses,
+            map_backend=map_backend,
         )
         if not 0 < num_things < num_classes - 1:
             raise ValueError(

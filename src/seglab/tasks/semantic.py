@@ -201,7 +201,7 @@ class SemanticSegmentationTask(SegmentationTask):
         return total if self.reduction == "sum" else total / normaliser.clamp(min=1e-12)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        out = self._run_net(batch["image"])
+        out = self._run_net(self.memory_format(batch["image"]))
         logits, aux = (out["out"], out.get("aux")) if isinstance(out, dict) else (out, None)
         total, normaliser, mask = self._loss(logits, batch)
         loss = self._reduce(total, normaliser)
@@ -234,7 +234,7 @@ class SemanticSegmentationTask(SegmentationTask):
 
     def eval_step(self, batch: dict[str, Any], stage: str) -> None:
         metrics = self.stage_metrics[stage]
-        logits = self.infer(batch["image"])
+        logits = self.infer(self.memory_format(batch["image"]))
         total, normaliser, mask = self._loss(logits, batch)
         if self.reduction == "sum":
             metrics["loss"].update(total / mask.shape[0], weight=mask.shape[0])
@@ -250,7 +250,7 @@ class SemanticSegmentationTask(SegmentationTask):
         Raises ValueError where the output is smaller than the input (the unpadded U-Net with
         ``inference.mode=whole``): a prediction covers the whole image.
         """
-        images = batch["image"]
+        images = self.memory_format(batch["image"])
         logits = self.infer(images)
         if logits.shape[-2:] != images.shape[-2:]:
             raise ValueError(

@@ -39,6 +39,8 @@ def build_task(
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     for key in ("task", "monitor"):  # read by the data and callbacks configs, not the task
         model_cfg.pop(key, None)
+    # speed options, applied to the built task (checkpoints from before them have neither)
+    speed = {key: model_cfg.pop(key) for key in ("channels_last", "compile") if key in model_cfg}
     extra: dict[str, Any] = {}
     for key in ("optimizer", "scheduler"):
         node = cfg.get(key)
@@ -50,7 +52,10 @@ def build_task(
     if datamodule is not None and getattr(datamodule, "extra_metrics", None):
         extra["extra_metrics"] = list(datamodule.extra_metrics)
     with trust_checkpoints(bool(cfg.get(TRUST_KEY, False))):  # the net's weights files
-        return hydra.utils.instantiate(model_cfg, **extra, _convert_="all")
+        task = hydra.utils.instantiate(model_cfg, **extra, _convert_="all")
+    if speed:
+        task.configure_speed(**speed)
+    return task
 
 
 # words of torch.optim's argument checks -> the optimizer key they are about
@@ -96,6 +101,10 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     ``CheckpointIO`` of their own. A GPU accelerator on a machine without one fails first,
     naming the CPU trainer option to use."""
     _check_accelerator(cfg.trainer)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    for key in SEGLAB_TRAINER_KEYS:
+        trainer_cfg.pop(key, None)
+    set_matmul_precision(cfg.trainer.get("float32_matmul_precision"))
     plugins = kwargs.pop("plugins", None)
     if plugins is None and cfg.trainer.get("plugins"):
         plugins = hydra.utils.instantiate(cfg.trainer.plugins, _convert_="all")
@@ -106,7 +115,26 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     own_io = isinstance(strategy, Mapping) and strategy.get("checkpoint_io") is not None
     if not own_io and not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO({CONFIG_KEY: saved_config(cfg)}))
-    return hydra.utils.instantiate(cfg.trainer, plugins=plugins, **kwargs, _convert_="all")
+    return hydra.utils.instantiate(trainer_cfg, plugins=plugins, **kwargs, _convert_="all")
+
+
+# keys of the trainer group that are seglab's, not Lightning Trainer arguments
+SEGLAB_TRAINER_KEYS = ("float32_matmul_precision",)
+_MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def set_matmul_precision(value: str | None) -> None:
+    """``trainer.float32_matmul_precision``: torch's ``set_float32_matmul_precision`` (``high``
+    lets float32 matrix multiplications use TF32 tensor cores on Ampere and later GPUs, as cuDNN's
+    convolutions do by default; set by ``trainer=gpu`` and ``trainer=ddp``); null leaves torch's setting as it is."""
+    if value is None:
+        return
+    if value not in _MATMUL_PRECISIONS:
+        raise ValueError(
+            f"trainer.float32_matmul_precision={value!r}: expected null or one of "
+            f"{list(_MATMUL_PRECISIONS)}"
+        )
+    torch.set_float32_matmul_precision(value)
 
 
 def _check_accelerator(trainer_cfg: DictConfig) -> None:
