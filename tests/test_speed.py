@@ -40,6 +40,7 @@ def test_speed_options_train_two_steps(compose_cfg, model):
     about 15 s here)."""
     overrides = [*MODELS[model], *(o for option in OPTIONS.values() for o in option)]
     overrides += ["debug=fast_dev_run", "trainer.fast_dev_run=2", "data.batch_size=2"]
+    overrides += ["trainer.detect_anomaly=false"]  # the debug overlay's; slow, and not the point
     metrics, objects = train(compose_cfg(overrides=overrides))
     task, trainer = objects["model"], objects["trainer"]
     assert trainer.global_step == 2
@@ -59,6 +60,22 @@ def test_speed_options_train_two_steps(compose_cfg, model):
     assert not plain.channels_last
     assert compile_target(plain.net)._compiled_call_impl is None
     assert plain.load_state_dict(task.state_dict()) is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_gpu_paths_train_two_steps(compose_cfg, model, precision):
+    """On a GPU (skipped elsewhere): float16 with its gradient scaler and bf16, channels-last and
+    torch.compile with its default backend (inductor), two steps of each model."""
+    overrides = [*MODELS[model], "trainer=gpu", f"trainer.precision={precision}"]
+    overrides += ["model.channels_last=true", "model.compile=true", "data.batch_size=2"]
+    overrides += ["debug=fast_dev_run", "trainer.fast_dev_run=2", "trainer.accelerator=gpu"]
+    metrics, objects = train(compose_cfg(overrides=overrides))
+    assert objects["trainer"].global_step == 2
+    assert objects["trainer"].precision == precision
+    assert np.isfinite(metrics["fit"]["train/loss"])
+    assert next(objects["model"].parameters()).is_cuda
 
 
 def test_bf16_evaluation_scores_like_float32(semantic_run, compose_cfg):

@@ -173,7 +173,9 @@ def test_ddp_cpu_pq_equals_single_process(tmp_path, compose_cfg, small_panoptic)
         assert ddp[f"val/{key}"] == single[f"val/{key}"], key  # exact: per-category sums
 
 
-@pytest.mark.slow
+# heavy (python -m pytest -m heavy): 33 s, outside CI's 15 minutes; the PQ test above runs
+# Panoptic FPN under DDP, and tests/data/test_panoptic_data.py reads this sample
+@pytest.mark.heavy
 def test_used_by_line_trains_on_the_coco_panoptic_sample_under_ddp(tmp_path, small_panoptic):
     """model=panoptic_fpn data=coco_panoptic trainer=ddp_cpu, on the real 2-image sample."""
     sample = require_data("coco_panoptic_sample", "sample_data")
