@@ -8,8 +8,8 @@ from seglab.inference import mirror_pad
 from seglab.losses import pixel_cross_entropy
 from seglab.metrics.semantic import SemanticMetrics
 from seglab.models import UNet
-from seglab.tasks.base import crop_to
 from seglab.tasks.semantic import SemanticSegmentationTask
+from seglab.utils.tensors import crop_to
 
 
 class ArrayDataset(SemanticDataset):

@@ -17,6 +17,8 @@ from support import SMALL_MASKRCNN
 
 from seglab.data.shapes import ShapesDataModule
 from seglab.eval import evaluate
+from seglab.losses import pixel_cross_entropy
+from seglab.models import UNet
 from seglab.models.mask_rcnn import MaskRCNN
 from seglab.tasks.base import compile_target, to_channels_last
 from seglab.train import train
@@ -102,10 +104,12 @@ def test_bf16_training_run_scores_like_float32(semantic_run, compose_cfg):
     assert bf16["val"]["val/miou"] == pytest.approx(metrics["val"]["val/miou"], abs=0.05)
 
 
-def test_detector_outputs_stay_float32_under_autocast():
-    """The RPN, box and mask predictors give float32 under bf16 autocast: boxes and scores are
-    decoded in float32 (a bf16 corner near 500 px is only exact to 2 px), and the losses are
-    float32."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_detector_outputs_stay_float32_under_autocast(dtype):
+    """The RPN, box and mask predictors give float32 under bf16 and float16 autocast (float16:
+    what 16-mixed runs on a GPU; Lightning runs 16-mixed as bf16 on a CPU, so the CPU's own
+    float16 autocast stands in): boxes and scores are decoded in float32 (a bf16 corner near 500
+    px is only exact to 2 px), and the losses are float32."""
     torch.manual_seed(0)
     net = MaskRCNN(num_classes=3, backbone="resnet18", box_score_thresh=0.0, **SMALL_MASKRCNN)
     image = torch.rand(3, 64, 64)
@@ -113,7 +117,7 @@ def test_detector_outputs_stay_float32_under_autocast():
     masks[0, 8:40, 10:50] = 1
     target = {"boxes": torch.tensor([[10.0, 8.0, 50.0, 40.0]]), "labels": torch.tensor([1])}
     target["masks"] = masks
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         losses = net([image], [target])
         net.eval()
         (detections,) = net([image])
@@ -122,6 +126,33 @@ def test_detector_outputs_stay_float32_under_autocast():
     assert len(detections["boxes"]) > 0
     for key in ("boxes", "scores", "masks"):
         assert detections[key].dtype == torch.float32, key
+
+
+def test_semantic_float16_step_keeps_the_loss_in_float32():
+    """A float16 autocast step with a gradient scaler, as 16-mixed runs on a GPU (the CPU's own
+    float16 autocast standing in): the net computes in float16, the loss in float32 and within
+    1% of the float32 loss, and the scaled step leaves finite weights that moved."""
+    torch.manual_seed(0)
+    net = UNet(in_channels=3, num_classes=4, base_channels=4, padding=True, batch_norm=True)
+    image, target = torch.randn(2, 3, 48, 48), torch.randint(0, 4, (2, 48, 48))
+    target[:, :4] = 255  # ignored rows: the normaliser counts labelled pixels only
+    total, count = pixel_cross_entropy(net(image), target)
+    before = [p.detach().clone() for p in net.parameters()]
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    with torch.autocast("cpu", dtype=torch.float16):
+        logits = net(image)
+        half_total, half_count = pixel_cross_entropy(logits, target)
+        loss = half_total / half_count
+    assert logits.dtype == torch.float16 and loss.dtype == torch.float32
+    assert half_count == count == 2 * 44 * 48
+    assert loss.item() == pytest.approx((total / count).item(), rel=0.01)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    after = list(net.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
 
 
 def test_channels_last_moves_4d_images_only():

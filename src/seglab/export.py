@@ -20,7 +20,9 @@ Every export is run right after it is written, on the first image of the checkpo
 ``check_split`` (through the dataset's own reading and preprocessing; a random image when the
 data is not at hand) and on that image resized to a second size (with its left-right flip, a
 batch of two), and its outputs compared with the PyTorch net's: the largest absolute difference
-must be within ``tolerance``. Fixed-size exports are instead run at the second size and must
+must be within ``tolerance``, or for semantic nets, no further from the net's float64 logits than
+``float64_factor`` times PyTorch's own float32 logits are (``Acceptance``: float32 rounding
+alone, which in the deep nets exceeds 1e-4 between two runs of PyTorch itself). Fixed-size exports are instead run at the second size and must
 refuse it. Files are written beside ``output`` under a temporary name and renamed only once the
 check passed: a failed export leaves nothing at ``output`` (an earlier file there stays).
 
@@ -87,6 +89,27 @@ class Check:
     source: str
     max_abs_diff: float | None
     max_abs_value: float | None = None
+    # above the tolerance (semantic nets): the largest absolute difference of the export's and of
+    # PyTorch's float32 logits from the net's float64 logits (``Acceptance.float64_factor``)
+    float64_diff: float | None = None
+    pytorch_float64_diff: float | None = None
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """When an export's outputs pass the check: within ``tolerance`` of PyTorch's float32
+    outputs; or, for semantic nets when ``float64_factor`` is set, no further from the net's
+    float64 logits than ``float64_factor`` times PyTorch's own float32 logits are.
+
+    The second rule is there because a deep net's float32 logits are not one fixed answer: the
+    order of each sum changes the last bits, and the change grows through the layers with the
+    logits' scale. PyTorch differs from itself by more than 1e-4 at DeepLabv3's scale between
+    1 and 2 threads, or in channels-last memory format (``python bench/export.py``), so no other
+    runtime can be held to 1e-4 of one of its runs there; a wrong export is far from the float64
+    logits where PyTorch's float32 ones are not, and is still refused."""
+
+    tolerance: float
+    float64_factor: float | None = None
 
 
 # --------------------------------------------------------------------------- exact stand-ins
@@ -211,6 +234,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     """
     fmt, output = _format_and_output(cfg)
     tolerance = _positive(cfg.get("tolerance", 1e-4), "tolerance")
+    factor = cfg.get("float64_factor", 2.0)
+    accept = Acceptance(tolerance, None if factor is None else _positive(factor, "float64_factor"))
     size = _size(cfg.get("size"), "size")
     check_size = _size(cfg.get("check_size"), "check_size")
     opset = cfg.get("opset")
@@ -249,19 +274,20 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             plan = _plan(net, run_cfg, image, size, check_size, datamodule.in_channels)
             meta.update(plan.metadata())
             writer = _write_onnx if fmt == "onnx" else _write_torchscript
-            checks = writer(net, output, meta, plan, image, source, tolerance, opset)
+            checks = writer(net, output, meta, plan, image, source, accept, opset)
     for check in checks:
         shape = "x".join(map(str, check.shape))
         if check.max_abs_diff is None:
             log.info("%s export refuses %s (%s), as it should", fmt, shape, check.source)
         else:
             log.info(
-                "max |%s - PyTorch| = %.3g at %s (%s; PyTorch's values up to %.3g)",
+                "max |%s - PyTorch| = %.3g at %s (%s; PyTorch's values up to %.3g)%s",
                 fmt,
                 check.max_abs_diff,
                 shape,
                 check.source,
                 check.max_abs_value,
+                _float64_note(check, accept),
             )
     log.info("exported %s to %s", type(net).__name__, output)
     meta["checks"] = [vars(c) for c in checks]
@@ -474,14 +500,16 @@ def _compare(
     net: nn.Module,
     inputs: list[tuple[torch.Tensor, str]],
     plan: _Plan,
-    tolerance: float,
+    accept: Acceptance,
     fmt: str,
 ) -> list[Check]:
     """Run the export on ``inputs`` and compare with ``net``; the second input of a fixed-size
-    export must be refused. Raises ``ValueError`` on a difference above ``tolerance``."""
+    export must be refused. Raises ``ValueError`` on outputs ``accept`` does not accept."""
     checks = []
+    net64: list[nn.Module] = []  # the float64 copy of ``net``, made once if a check needs it
     for k, (x, source) in enumerate(inputs):
         shape = tuple(x.shape)
+        where = f"on a {'x'.join(map(str, shape))} input ({source})"
         if plan.fixed and k == 1:
             try:
                 run(x)
@@ -496,27 +524,79 @@ def _compare(
         got = run(x)
         if got.shape != expected.shape:
             raise ValueError(
-                f"the {fmt} export gives logits of shape {tuple(got.shape)} for a "
-                f"{'x'.join(map(str, shape))} input ({source}); PyTorch {tuple(expected.shape)}"
+                f"the {fmt} export gives logits of shape {tuple(got.shape)} {where}; PyTorch "
+                f"{tuple(expected.shape)}"
             )
         diff = float((got - expected).abs().max())
-        if not diff <= tolerance:
-            agree = float((got.argmax(1) == expected.argmax(1)).float().mean())
-            why = (
-                " (SegNet unpools at each 2x2 window's argmax: float rounding flips near-tied "
-                "windows)"
-                if isinstance(net, SegNet)
-                else ""
+        check = Check(shape, source, diff, float(expected.abs().max()))
+        if not diff <= accept.tolerance and accept.float64_factor is not None:
+            if not net64:
+                net64.append(copy.deepcopy(net).double())
+            exact = net64[0](x.double())
+            check = Check(
+                shape,
+                source,
+                diff,
+                check.max_abs_value,
+                float((got.double() - exact).abs().max()),
+                float((expected.double() - exact).abs().max()),
             )
-            raise ValueError(
-                f"the {fmt} export differs from PyTorch by {diff:.3g} (max absolute logit "
-                f"difference, PyTorch's logits up to {float(expected.abs().max()):.3g}; the "
-                f"same class at {agree:.4%} of the pixels{why}) on a "
-                f"{'x'.join(map(str, shape))} input ({source}); expected at most "
-                f"tolerance={tolerance:g}: not written ({_accepting(diff)} accepts it)"
-            )
-        checks.append(Check(shape, source, diff, float(expected.abs().max())))
+        if not (diff <= accept.tolerance or _rounding_only(check, accept)):
+            raise ValueError(_refusal(check, got, expected, net, accept, fmt, where))
+        checks.append(check)
     return checks
+
+
+def _rounding_only(check: Check, accept: Acceptance) -> bool:
+    """Whether the export is within ``float64_factor`` times PyTorch's float32 error of the
+    float64 logits (``Acceptance``)."""
+    if check.float64_diff is None or accept.float64_factor is None:
+        return False
+    return check.float64_diff <= accept.float64_factor * check.pytorch_float64_diff
+
+
+def _float64_note(check: Check, accept: Acceptance) -> str:
+    """How a check above ``tolerance`` was accepted, for the log line."""
+    if check.float64_diff is None:
+        return ""
+    return (
+        f"; above tolerance={accept.tolerance:g}, accepted as float32 rounding: the export is "
+        f"{check.float64_diff:.3g} from the float64 logits, PyTorch's float32 ones "
+        f"{check.pytorch_float64_diff:.3g} (float64_factor={accept.float64_factor:g})"
+    )
+
+
+def _refusal(
+    check: Check,
+    got: torch.Tensor,
+    expected: torch.Tensor,
+    net: nn.Module,
+    accept: Acceptance,
+    fmt: str,
+    where: str,
+) -> str:
+    """The error of a check ``accept`` refused: the differences, and what would accept them."""
+    diff = check.max_abs_diff
+    agree = float((got.argmax(1) == expected.argmax(1)).float().mean())
+    why = (
+        " (SegNet unpools at each 2x2 window's argmax: float rounding flips near-tied windows)"
+        if isinstance(net, SegNet)
+        else ""
+    )
+    float64 = ""
+    if check.float64_diff is not None:
+        ratio = check.float64_diff / max(check.pytorch_float64_diff, 1e-30)
+        float64 = (
+            f"; run in float64, the net's logits are {check.float64_diff:.3g} from the export's "
+            f"and {check.pytorch_float64_diff:.3g} from PyTorch's float32 ones, {ratio:.3g} times "
+            f"as far, above float64_factor={accept.float64_factor:g}: more than float32 rounding"
+        )
+    return (
+        f"the {fmt} export differs from PyTorch by {diff:.3g} (max absolute logit difference, "
+        f"PyTorch's logits up to {check.max_abs_value:.3g}; the same class at {agree:.4%} of the "
+        f"pixels{why}) {where}; expected at most tolerance={accept.tolerance:g}{float64}: not "
+        f"written ({_accepting(diff)} accepts it)"
+    )
 
 
 def _write_onnx(
@@ -526,7 +606,7 @@ def _write_onnx(
     plan: _Plan,
     image: torch.Tensor | None,
     source: str,
-    tolerance: float,
+    accept: Acceptance,
     opset: int | None,
 ) -> list[Check]:
     """ONNX through ``torch.export`` (non-strict, batch / height / width ``Dim.DYNAMIC``, which
@@ -566,7 +646,7 @@ def _write_onnx(
             return torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
 
         inputs = _semantic_inputs(plan, image, source, channels)
-        return _compare(run, net, inputs, plan, tolerance, "onnx")
+        return _compare(run, net, inputs, plan, accept, "onnx")
 
 
 def _name_dims(model: Any, names: Sequence[str | None]) -> None:
@@ -588,7 +668,7 @@ def _write_torchscript(
     plan: _Plan,
     image: torch.Tensor | None,
     source: str,
-    tolerance: float,
+    accept: Acceptance,
     opset: int | None,
 ) -> list[Check]:
     """TorchScript by ``torch.jit.trace`` (the nets' size arithmetic is traced as operations;
@@ -601,14 +681,14 @@ def _write_torchscript(
     guard = SizeGuard(
         traced, channels=channels, size=plan.size if plan.fixed else None, min_size=plan.min_size
     )
-    return _save_script(torch.jit.script(guard), output, meta, tolerance, plan, net, image, source)
+    return _save_script(torch.jit.script(guard), output, meta, accept, plan, net, image, source)
 
 
 def _save_script(
     module: torch.jit.ScriptModule,
     output: Path,
     meta: dict[str, Any],
-    tolerance: float,
+    accept: Acceptance,
     plan: _Plan | None,
     net: nn.Module,
     image: Any,
@@ -624,9 +704,9 @@ def _save_script(
         meta_file.write(text.encode())
         loaded = torch.jit.load(f.name, map_location="cpu")
         if plan is None:
-            return _compare_detections(loaded, net, image, source, check_size, tolerance)
+            return _compare_detections(loaded, net, image, source, check_size, accept.tolerance)
         inputs = _semantic_inputs(plan, image, source, meta["in_channels"])
-        return _compare(loaded, net, inputs, plan, tolerance, "torchscript")
+        return _compare(loaded, net, inputs, plan, accept, "torchscript")
 
 
 @contextmanager
@@ -689,7 +769,8 @@ def _export_detector(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="RCNN always returns a")
         scripted = torch.jit.script(scripted)
-    return _save_script(scripted, output, meta, tolerance, None, net, image, source, check_size)
+    accept = Acceptance(tolerance)  # detections: the scripted net is exact (no float64 rule)
+    return _save_script(scripted, output, meta, accept, None, net, image, source, check_size)
 
 
 def _compare_detections(

@@ -34,11 +34,11 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from seglab.callbacks.writers import class_overlay, output_stem, panoptic_overlay
 from seglab.data.base import default_palette
-from seglab.tasks.base import crop_to
 from seglab.tasks.instance import InstanceSegmentationTask
 from seglab.tasks.panoptic import PanopticSegmentationTask
 from seglab.tasks.semantic import SemanticSegmentationTask
 from seglab.utils.io import atomic_write_bytes, atomic_write_text
+from seglab.utils.tensors import crop_to
 
 __all__ = ["Drawn", "Picture", "Visuals", "confusion_figure"]
 

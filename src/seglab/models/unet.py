@@ -5,15 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seglab.utils.tensors import crop_to
+
 __all__ = ["UNet", "UNetConvBlock"]
-
-
-def _center_crop(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    """The centre ``size`` window of ``x``'s last two dimensions. The size differences are even
-    (``output_size`` refuses the rest), where torchvision's ``center_crop`` gives the same
-    window; slicing, unlike it, traces and exports with the size as a variable."""
-    top, left = (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2
-    return x[..., top : top + size[0], left : left + size[1]]
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -188,7 +182,7 @@ class UNet(nn.Module):
         x = self.dropout(self.bottleneck(x))
         for up, block, skip in zip(self.upconvs, self.decoder, reversed(skips)):
             x = up(x)
-            skip = _center_crop(skip, x.shape[-2:])
+            skip = crop_to(skip, x.shape[-2:])
             x = torch.cat([skip, x], dim=1) if self.skip == "concat" else x + skip
             x = block(x)
         x = self.head(x)

@@ -15,7 +15,7 @@ from torchmetrics import MeanMetric, Metric
 
 from seglab.tasks.optim import configure_optimizers
 
-__all__ = ["SegmentationTask", "compile_target", "crop_to", "to_channels_last"]
+__all__ = ["SegmentationTask", "compile_target", "to_channels_last"]
 
 STAGES = ("train", "val", "test")
 # self.log flags of values torchmetrics synced already, so identical on every rank: a max over the
@@ -49,15 +49,6 @@ def compile_target(net: nn.Module) -> nn.Module:
 
 
 _COMPILE_KEYS = tuple(p for p in inspect.signature(torch.compile).parameters if p != "model")
-
-
-def crop_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """The centre ``size`` window of the last two dimensions of ``x``, the top-left corner at
-    ``floor((H - h) / 2)``; torchvision's ``center_crop`` rounds half to even, one pixel off for
-    differences of 3, 7, ... (every seglab net's differences are even, where both agree)."""
-    height, width = size
-    top, left = (x.shape[-2] - height) // 2, (x.shape[-1] - width) // 2
-    return x[..., top : top + height, left : left + width]
 
 
 class SegmentationTask(L.LightningModule):

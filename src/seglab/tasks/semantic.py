@@ -14,7 +14,8 @@ from seglab.inference import mirror_pad, parse_tta, predict_logits, tta_logits
 from seglab.losses import pixel_cross_entropy
 from seglab.metrics.rand_error import RandError
 from seglab.metrics.semantic import SemanticMetrics
-from seglab.tasks.base import SegmentationTask, crop_to
+from seglab.tasks.base import SegmentationTask
+from seglab.utils.tensors import crop_to
 
 __all__ = ["SemanticSegmentationTask"]
 
