@@ -27,13 +27,9 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
-
 import seglab  # noqa: F401  (registers the config resolvers)
 from seglab.train import train
+from seglab.utils.config import compose_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 DETECTORS = ("maskrcnn", "panoptic_fpn")
@@ -61,18 +57,12 @@ SMALL = [
 
 def sizes(model: str, folder: Path) -> tuple[int, int]:
     """Bytes of the full ``last.ckpt`` and of the weights-only best of one run of ``model``."""
-    overrides = [f"model={model}", *SMALL, f"paths.output_dir={folder}"]
+    overrides = [f"model={model}", *SMALL]
     if model in DETECTORS:
         overrides += ["model.net.min_size=64", "model.net.max_size=64"]
     if model == "unet":  # unpadded: 64 px leaves an odd feature map before the 4th pooling
         overrides += ["data.image_size=188"]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(folder)
-    metrics, _ = train(cfg)
+    metrics, _ = train(compose_config("train", overrides, folder))
     best = Path(metrics["best_checkpoint"])
     return (folder / "checkpoints" / "last.ckpt").stat().st_size, best.stat().st_size
 

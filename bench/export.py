@@ -38,17 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
 
 import seglab  # noqa: F401  (registers the config resolvers)
 from seglab.export import export
 from seglab.models import UNet
+from seglab.utils.config import compose_config
 from seglab.utils.instantiate import build_datamodule, build_task, saved_config
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 MODELS = [
     "unet_small",
     "unet",
@@ -63,22 +59,10 @@ MODELS = [
 TOLERANCE, FACTOR = 1e-4, 2.0  # the export command's defaults (conf/export.yaml)
 
 
-def config(name: str, overrides: list[str], folder: Path) -> DictConfig:
-    """``conf/<name>.yaml`` composed with ``overrides``, its outputs under ``folder``."""
-    GlobalHydra.instance().clear()
-    overrides = [*overrides, f"paths.output_dir={folder}", f"paths.log_dir={folder}/logs"]
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose(name, overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(folder)
-    return cfg
-
-
 def checkpoint(model: str, folder: Path) -> tuple[Path, torch.nn.Module, torch.Tensor]:
     """The untrained, calibrated net of ``model`` saved as train would; the net and the first
     val image (as the export checks it)."""
-    cfg = config("train", [f"model={model}", "data=camvid", "seed=0"], folder)
+    cfg = compose_config("train", [f"model={model}", "data=camvid", "seed=0"], folder)
     torch.manual_seed(0)
     datamodule = build_datamodule(cfg.data)
     task = build_task(cfg, datamodule)
@@ -145,7 +129,7 @@ def run_model(model: str, root: Path) -> list[dict[str, Any]]:
     rows = []
     for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".pt")):
         # every figure computed (a tolerance nothing passes), the verdict judged here
-        cfg = config(
+        cfg = compose_config(
             "export",
             [
                 f"ckpt_path={ckpt}",

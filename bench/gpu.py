@@ -46,20 +46,9 @@ sys.path.insert(0, str(ROOT / "src"))
 def compose(overrides: list[str]):
     import tempfile
 
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
+    from seglab.utils.config import compose_config
 
-    import seglab  # noqa: F401  (registers the config resolvers)
-
-    GlobalHydra.instance().clear()
-    out = tempfile.mkdtemp(prefix="seglab-bench-gpu-")
-    overrides = [f"paths.output_dir={out}", f"paths.log_dir={out}/logs", *overrides]
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    return cfg
+    return compose_config("train", overrides, tempfile.mkdtemp(prefix="seglab-bench-gpu-"))
 
 
 class StepTimer:

@@ -26,16 +26,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
-
 import seglab  # noqa: F401  (registers the config resolvers)
 from seglab.eval import evaluate
 from seglab.train import train
+from seglab.utils.config import compose_config
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 TTA = ["inference.tta.flips=[h]", "inference.tta.scales=[0.75,1.0,1.25]"]
 QUIET = [
     "++trainer.enable_progress_bar=false",
@@ -43,18 +38,6 @@ QUIET = [
     "callbacks.model_summary=null",
     "callbacks.visuals=null",
 ]
-
-
-def config(name: str, overrides: list[str], folder: Path) -> DictConfig:
-    """``conf/<name>.yaml`` composed with ``overrides``, its outputs under ``folder``."""
-    GlobalHydra.instance().clear()
-    overrides = [*overrides, f"paths.output_dir={folder}", f"paths.log_dir={folder}/logs"]
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose(name, overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(folder)
-    return cfg
 
 
 def train_checkpoint(args: argparse.Namespace, folder: Path) -> tuple[Path, str]:
@@ -72,7 +55,7 @@ def train_checkpoint(args: argparse.Namespace, folder: Path) -> tuple[Path, str]
         budget.append(f"selected on {args.val_batches} val batches of 4")
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # Lightning's tables
-        metrics, _ = train(config("train", overrides, folder))
+        metrics, _ = train(compose_config("train", overrides, folder))
     words = f"experiment=unet_camvid_cpu, {', '.join(budget)}, {time.perf_counter() - start:.0f} s"
     return Path(metrics["best_checkpoint"]), words
 
@@ -93,7 +76,7 @@ def score(ckpt: Path, tta: list[str], args: argparse.Namespace, folder: Path) ->
         overrides.append(f"trainer.limit_test_batches={args.test_batches}")
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        metrics, objects = evaluate(config("eval", overrides, folder))
+        metrics, objects = evaluate(compose_config("eval", overrides, folder))
     frames = len(objects["datamodule"].dataset("test"))
     if args.test_batches is not None:
         frames = min(frames, 4 * args.test_batches)

@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+
+from seglab.utils.config import compose_config as seglab_compose
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -79,16 +78,8 @@ def compose_config(
 
     ``quick`` (train only) starts from a small, fast, single-process CPU setting.
     """
-    GlobalHydra.instance().clear()
-    base = [f"paths.output_dir={output_dir}", f"paths.log_dir={output_dir}/logs"]
-    if quick and name == "train":
-        base += QUICK_TRAIN
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose(name, overrides=base + list(overrides or []), return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
+    quick_train = QUICK_TRAIN if quick and name == "train" else []
+    return seglab_compose(name, [*quick_train, *(overrides or [])], output_dir)
 
 
 def run_cli(

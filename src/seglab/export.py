@@ -60,6 +60,7 @@ from seglab.utils.io import atomic_open
 
 __all__ = [
     "FORMATS",
+    "Acceptance",
     "ExactAdaptiveAvgPool2d",
     "ScatterMaxUnpool2d",
     "ShortSideTransform",

@@ -5,16 +5,19 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 __all__ = [
+    "compose_config",
     "make_run_name",
     "project_root",
     "register_resolvers",
@@ -41,6 +44,26 @@ def project_root() -> Path:
     if (candidate / "conf" / "train.yaml").is_file():
         return candidate
     return Path.cwd().resolve()
+
+
+def compose_config(
+    name: str, overrides: Sequence[str] = (), output_dir: str | Path | None = None
+) -> DictConfig:
+    """``conf/<name>.yaml`` composed with ``overrides`` as its command line would compose it,
+    outside a Hydra run (benchmarks, tests): the resolvers are registered and the Hydra context
+    is set, so ``${hydra:...}`` interpolations resolve; with ``output_dir``, the run's outputs
+    and logs go under it (``paths.output_dir``, ``paths.log_dir``)."""
+    register_resolvers()
+    paths = [] if output_dir is None else [f"paths.output_dir={output_dir}"]
+    paths += [] if output_dir is None else [f"paths.log_dir={output_dir}/logs"]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(project_root() / "conf")):
+        cfg = compose(name, overrides=[*paths, *overrides], return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
 
 
 def _no_env(name: str) -> bool:
