@@ -22,8 +22,8 @@ data is not at hand) and on that image resized to a second size (with its left-r
 batch of two), and its outputs compared with the PyTorch net's: the largest absolute difference
 must be within ``tolerance``, or for semantic nets, no further from the net's float64 logits than
 ``float64_factor`` times PyTorch's own float32 logits are (``Acceptance``: float32 rounding
-alone, which in the deep nets exceeds 1e-4 between two runs of PyTorch itself). Fixed-size exports are instead run at the second size and must
-refuse it. Files are written beside ``output`` under a temporary name and renamed only once the
+alone, which in the deep nets exceeds 1e-4 between two runs of PyTorch itself). Fixed-size
+exports are instead run at the second size and must refuse it. Files are written beside ``output`` under a temporary name and renamed only once the
 check passed: a failed export leaves nothing at ``output`` (an earlier file there stays).
 
 The deployment metadata (class names, palette, mean / std, input channels, seglab version, model,
