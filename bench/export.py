@@ -110,7 +110,7 @@ def pytorch_self_differences(net: torch.nn.Module, image: torch.Tensor) -> tuple
     )
 
 
-def verdict(check: dict[str, Any], fmt: str) -> str:
+def verdict(check: dict[str, Any]) -> str:
     if check["max_abs_diff"] is None:
         return "refused (fixed size)"
     if check["max_abs_diff"] <= TOLERANCE:
@@ -163,7 +163,7 @@ def run_model(model: str, root: Path) -> list[dict[str, Any]]:
         print(
             f"  {row['format']:11s} {shape:12s} |export - PyTorch| {row['max_abs_diff']:.2g} "
             f"(logits up to {row['max_abs_value']:.3g}); {float64} -> "
-            f"{verdict(row, row['format'])}",
+            f"{verdict(row)}",
             flush=True,
         )
     return rows
@@ -185,7 +185,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             rows += run_model(model, Path(tmp))
-    refused = [r for r in rows if verdict(r, r["format"]) == "REFUSED"]
+    refused = [r for r in rows if verdict(r) == "REFUSED"]
     print(f"exports refused at tolerance=1e-4, float64_factor=2: {len(refused)} of {len(rows)}")
     ratios = [
         0.0
